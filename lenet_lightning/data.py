@@ -1,0 +1,187 @@
+"""MNIST as resident tensors: verified raw files -> ``(N, 1, 28, 28)`` floats -> sliced batches.
+
+The whole data set is read once as uint8 tensors (no per-sample PIL decoding), converted to
+float on the training device (moved there once, not batch by batch), and cut into mini-batches
+by indexing: a new seeded permutation every epoch for training, in order for validation and
+test. Under DDP each rank takes a disjoint shard of each epoch's permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lenet_lightning.mnist_files import ensure_mnist
+
+MEAN, STD = 0.1307, 0.3081  # of MNIST's training pixels scaled to [0, 1]
+TRAIN_SIZE = 60_000
+
+
+def load_mnist(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
+    """The uint8 images ``(N, 28, 28)`` and int64 labels of one official split."""
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(data_dir, train=train, download=False)
+    return ds.data, ds.targets
+
+
+def to_float_images(images: Tensor, normalize: bool) -> Tensor:
+    """uint8 ``(N, 28, 28)`` -> float ``(N, 1, 28, 28)``: standardised, or the raw 0-255 values."""
+    x = images.unsqueeze(1).float()
+    return (x / 255 - MEAN) / STD if normalize else x
+
+
+def random_affine(images: Tensor, degrees: float, translate: float, scale: float) -> Tensor:
+    """Rotate, shift and zoom each image of a batch at random, all at once on its device.
+
+    Pixels that come in from outside the image repeat the border (the background).
+    """
+    n = images.shape[0]
+    rand = lambda: torch.rand(n, device=images.device) * 2 - 1  # noqa: E731 - uniform in [-1, 1]
+    angle = torch.deg2rad(rand() * degrees)
+    zoom = 1 + rand() * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift_x, shift_y = rand() * translate * 2, rand() * translate * 2  # grid units span 2
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+class ResidentBatches:
+    """Mini-batches sliced from tensors that stay where they are (CPU or GPU memory)."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def indices(self) -> Tensor | None:
+        """This rank's sample indices for the current epoch, or None for "all, in order"."""
+        n = len(self.labels)
+        if not self.shuffle and self.world_size == 1:
+            return None
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch()]).generate_state(1)[0])
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank].to(self.labels.device)
+
+    def __len__(self) -> int:
+        n = len(self.labels) // self.world_size
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.indices()
+        bs = self.batch_size
+        if order is None:
+            for start in range(0, len(self.labels), bs):
+                yield self.images[start : start + bs], self.labels[start : start + bs]
+        else:
+            for start in range(0, len(order), bs):
+                idx = order[start : start + bs]
+                yield self.images[idx], self.labels[idx]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST train / validation / test, with a validation split held out of the training set.
+
+    ``val_size=0`` validates on the official test set every epoch, as the lesson does.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: int,
+        normalize: bool,
+        split_seed: int,
+        seed: int,
+        sources: Sequence[str],
+        augment_degrees: float,
+        augment_translate: float,
+        augment_scale: float,
+    ) -> None:
+        super().__init__()
+        self.data_dir, self.sources = str(Path(data_dir).expanduser()), tuple(sources)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.normalize = val_size, normalize
+        self.split_seed, self.seed = split_seed, seed
+        self.augment = (augment_degrees, augment_translate, augment_scale)
+        self.train_set: tuple[Tensor, Tensor] | None = None
+        self.val_set: tuple[Tensor, Tensor] | None = None
+        self.test_set: tuple[Tensor, Tensor] | None = None
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir, self.sources)
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        device = self._device()
+
+        def resident(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+            return to_float_images(images.to(device), self.normalize), labels.to(device)
+
+        x, y = load_mnist(self.data_dir, train=True)
+        val = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        val = val[: self.val_size]
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[val] = False
+        self.train_set = resident(x[keep], y[keep])
+        self.test_set = resident(*load_mnist(self.data_dir, train=False))
+        self.val_set = resident(x[val], y[val]) if self.val_size else self.test_set
+
+    def _batches(self, data: tuple[Tensor, Tensor] | None, train: bool) -> ResidentBatches:
+        assert data is not None, "call setup() first"
+        trainer = self.trainer
+        return ResidentBatches(
+            *data,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            epoch=lambda: trainer.current_epoch if trainer else 0,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple:
+        """Augment training batches (never validation or test ones) when augmentation is on."""
+        if self.trainer and self.trainer.training and any(self.augment):
+            images, labels = batch
+            return random_affine(images, *self.augment), labels
+        return batch
+
+    def train_dataloader(self) -> ResidentBatches:
+        return self._batches(self.train_set, train=True)
+
+    def val_dataloader(self) -> ResidentBatches:
+        return self._batches(self.val_set, train=False)
+
+    def test_dataloader(self) -> ResidentBatches:
+        return self._batches(self.test_set, train=False)

@@ -1,0 +1,119 @@
+"""lenet-train: ``train(cfg)`` runs one job (fit, then test the best checkpoint).
+
+``main`` is a thin ``@hydra.main`` wrapper; tests call ``train`` with a config composed by Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lenet_lightning.config import register, reported_errors, validate
+from lenet_lightning.model import count_parameters
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
+log = logging.getLogger(__name__)
+CONFIG_PATH = "pkg://lenet_lightning.conf"
+
+
+def make_logger(kind: str, out_dir: Path) -> Logger | bool:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if kind == "tensorboard":
+        return TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=False)
+    if kind == "csv":
+        return CSVLogger(out_dir, name="csv", version="")
+    return False
+
+
+def train(cfg: DictConfig) -> float:
+    """Train and test one model as ``cfg`` says; return the best validation accuracy."""
+    # Lightning takes seconds to import: only a run that passed validation pays for it.
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from lenet_lightning.data import MNISTDataModule
+    from lenet_lightning.module import MONITOR, LitLeNet5
+    from lenet_lightning.report import EpochHistory, write_run_report
+
+    if logging.getLogger().hasHandlers():  # Hydra's handlers print and file Lightning's messages
+        logging.getLogger("lightning").handlers.clear()
+    # A deprecation inside Lightning 2.6 itself, printed on every run with recent torch:
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    validate(cfg)
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    trainer_args = {k: v for k, v in c["trainer"].items() if v is not None}
+    out_dir = Path(c["paths"]["output_dir"])
+    L.seed_everything(c["seed"], workers=True, verbose=False)
+
+    datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
+    module = LitLeNet5(**c["model"])
+    history = EpochHistory()
+    checkpoint_args = {"dirpath": out_dir / "checkpoints", "save_on_train_epoch_end": True}
+    best = ModelCheckpoint(
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor=MONITOR,
+        mode="max",
+        **checkpoint_args,
+    )
+    # Every epoch (after EpochHistory has recorded it): the one to resume from.
+    last = ModelCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
+    callbacks = [history, best, last]
+    if c["callbacks"]["early_stopping_patience"]:
+        patience = c["callbacks"]["early_stopping_patience"]
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
+    trainer = L.Trainer(
+        **trainer_args,
+        default_root_dir=out_dir,
+        logger=make_logger(c["logger"]["kind"], out_dir),
+        callbacks=callbacks,
+    )
+    log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=c["ckpt_path"])
+    fit_seconds = time.perf_counter() - start
+    epochs = list(history.epochs)  # testing from a checkpoint restores the callbacks' state too
+    best_path = best.best_model_path or None  # none after fast_dev_run: test as trained
+    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
+    best_val = float(best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0))
+    if trainer.is_global_zero:
+        write_run_report(
+            out_dir,
+            epochs,
+            test,
+            fit_seconds=round(fit_seconds, 2),
+            wall_seconds=round(time.perf_counter() - start, 2),
+            parameters=count_parameters(module),
+            best_checkpoint=best_path,
+            last_checkpoint=last.best_model_path or None,
+            device=str(trainer.strategy.root_device),
+            config=c,
+        )
+        log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
+    return best_val
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+def main() -> None:
+    """``lenet-train`` (and ``python -m lenet_lightning.train``)."""
+    register()
+    with reported_errors("lenet-train"):
+        _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny synthetic MNIST files, and configs composed the way Hydra composes them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from lenet_lightning import mnist_files
+from lenet_lightning.config import register
+
+N_TRAIN, N_TEST = 400, 200
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digits that a network can learn: a bright 6x6 block whose place encodes the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 5)
+        images[i, 4 + row * 12 : 10 + row * 12, 2 + col * 5 : 8 + col * 5] = 255
+    return images, labels
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data_dir holding four small, valid IDX files; their MD5s stand in for the real ones."""
+    raw = mnist_files.raw_folder(tmp_path / "data")
+    raw.mkdir(parents=True)
+    (tx, ty), (sx, sy) = synthetic_split(N_TRAIN, 1), synthetic_split(N_TEST, 2)
+    arrays = {
+        "train-images-idx3-ubyte": tx,
+        "train-labels-idx1-ubyte": ty,
+        "t10k-images-idx3-ubyte": sx,
+        "t10k-labels-idx1-ubyte": sy,
+    }
+    md5 = {}
+    for name, array in arrays.items():
+        data = mnist_files.idx_bytes(array)
+        (raw / name).write_bytes(data)
+        md5[name] = hashlib.md5(data).hexdigest()
+    monkeypatch.setattr(mnist_files, "MD5", md5)
+    return tmp_path / "data"
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with overrides, as ``lenet-train`` would compose it."""
+    register()
+    with initialize_config_module(config_module="lenet_lightning.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """A quick CPU run on the synthetic files."""
+    return [
+        f"data.data_dir={data_dir}",
+        f"paths.output_dir={out_dir}",
+        "data.val_size=100",
+        "data.batch_size=50",
+        "data.eval_batch_size=100",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=2",
+        *extra,
+    ]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m lenet_lightning.train ARGS`` in a fresh process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lenet_lightning.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
