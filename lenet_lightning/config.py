@@ -73,9 +73,7 @@ class DataConfig:
     augment_degrees: float = non_negative()
     augment_translate: float = rule(lambda v: 0 <= v <= 0.5, "a fraction from 0 to 0.5")
     augment_scale: float = rule(lambda v: 0 <= v < 1, "a fraction from 0 up to 1")
-    sources: list[str] = rule(  # noqa: RUF009 (rule() returns a dataclass field)
-        lambda v: set(v) <= set(SOURCES), f"a list from {list(SOURCES)}"
-    )
+    sources: list[str] = rule(lambda v: set(v) <= set(SOURCES), f"a list from {list(SOURCES)}")
 
 
 @dataclass
@@ -139,15 +137,37 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class EvalConfig:
+    task_name: str = MISSING
+    ckpt_path: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class PredictConfig:
+    task_name: str = MISSING
+    ckpt_path: str = MISSING
+    images: list[str] = rule(lambda v: len(v) > 0, "one or more image files or folders")
+    top_k: int = rule(lambda v: 1 <= v <= 10, "an integer from 1 to 10")
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig}
+
+
 def register() -> None:
-    """Make the schema known to Hydra as ``train_schema`` (the first entry of conf/train.yaml)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Make the schemas known to Hydra as ``<app>_schema``, the first entry of each app's config."""
+    for name, schema in SCHEMAS.items():
+        ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
 
 def validate(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> None:
     """Check every key against the schema and its rules; raise ConfigError on the first bad one."""
     known = [f.name for f in fields(schema)]
-    unknown = [k for k in cfg if k not in known and not (schema is TrainConfig and k == "hydra")]
+    unknown = [k for k in cfg if k not in known and not (prefix == "" and k == "hydra")]
     if unknown:
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; allowed there: {', '.join(known)}")
     for f in fields(schema):
@@ -156,7 +176,7 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> N
             validate(cfg[f.name], f.type, key + ".")
         elif "check" in f.metadata and not f.metadata["check"](value := cfg[f.name]):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
-    accelerator = cfg.trainer.accelerator if schema is TrainConfig else None
+    accelerator = cfg.trainer.accelerator if "trainer" in known and prefix == "" else None
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator!r} needs a CUDA GPU and none is available: "
@@ -171,6 +191,9 @@ class ValidateConfig(Callback):
     sweep job leaves no folder behind (Hydra makes a job's folder just before it starts).
     """
 
+    def __init__(self, schema: str = "train") -> None:
+        self.schema = SCHEMAS[schema]
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
 
@@ -179,7 +202,7 @@ class ValidateConfig(Callback):
 
     def _check(self, config: DictConfig, job_dir: Path | None = None) -> None:
         try:
-            validate(config)
+            validate(config, self.schema)
         except ConfigError as err:
             if job_dir and {p.name for p in job_dir.iterdir()} <= {
                 ".hydra",
@@ -209,7 +232,11 @@ def one_line(err: BaseException) -> str:
 
 @contextmanager
 def reported_errors(prog: str) -> Iterator[None]:
-    """Turn config and data errors into one line on stderr and exit code 2 (no traceback)."""
+    """Turn config and data errors into one line on stderr and exit code 2 (no traceback).
+
+    Wrap both ``main`` (errors while Hydra composes the config) and the task function (errors
+    inside a job, which Hydra would otherwise announce with a line of its own).
+    """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing
     try:
         yield

@@ -125,6 +125,7 @@ class MNISTDataModule(L.LightningDataModule):
         augment_scale: float,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # kept in checkpoints: evaluation prepares data the same way
         self.data_dir, self.sources = str(Path(data_dir).expanduser()), tuple(sources)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.normalize = val_size, normalize

@@ -46,26 +46,27 @@ class LitLeNet5(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, y = batch
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        preds = logits.argmax(dim=1)
         acc = getattr(self, f"{stage}_acc")
-        acc.update(logits.argmax(dim=1), y)
+        acc.update(preds, y)
         log = {"on_step": False, "on_epoch": True, "batch_size": len(y)}
         self.log(f"{stage}/loss", loss, **log)
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val", **log)
-        return loss
+        return {"loss": loss, "preds": preds}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")["loss"]
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"preds": self._step(batch, "test")["preds"]}  # for the pictures in TensorBoard
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check's validation

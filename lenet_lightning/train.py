@@ -15,7 +15,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_lightning.config import register, reported_errors, validate
+from lenet_lightning.evaluate import resolve_checkpoint
 from lenet_lightning.model import count_parameters
+from lenet_lightning.report import write_run_report
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
@@ -38,11 +40,12 @@ def train(cfg: DictConfig) -> float:
     """Train and test one model as ``cfg`` says; return the best validation accuracy."""
     # Lightning takes seconds to import: only a run that passed validation pays for it.
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
 
+    from lenet_lightning.callbacks import ResumableCheckpoint, EpochHistory, TensorBoardPictures
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.module import MONITOR, LitLeNet5
-    from lenet_lightning.report import EpochHistory, write_run_report
 
     if logging.getLogger().hasHandlers():  # Hydra's handlers print and file Lightning's messages
         logging.getLogger("lightning").handlers.clear()
@@ -58,7 +61,7 @@ def train(cfg: DictConfig) -> float:
     module = LitLeNet5(**c["model"])
     history = EpochHistory()
     checkpoint_args = {"dirpath": out_dir / "checkpoints", "save_on_train_epoch_end": True}
-    best = ModelCheckpoint(
+    best = ResumableCheckpoint(
         filename="best-epoch{epoch:03d}",
         auto_insert_metric_name=False,
         monitor=MONITOR,
@@ -66,26 +69,33 @@ def train(cfg: DictConfig) -> float:
         **checkpoint_args,
     )
     # Every epoch (after EpochHistory has recorded it): the one to resume from.
-    last = ModelCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
-    callbacks = [history, best, last]
+    last = ResumableCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
+    callbacks = [history, best, last, TensorBoardPictures()]
     if c["callbacks"]["early_stopping_patience"]:
         patience = c["callbacks"]["early_stopping_patience"]
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
+    logger = make_logger(c["logger"]["kind"], out_dir)
+    if logger and c["model"]["scheduler"] != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
-        **trainer_args,
-        default_root_dir=out_dir,
-        logger=make_logger(c["logger"]["kind"], out_dir),
-        callbacks=callbacks,
+        **trainer_args, default_root_dir=out_dir, logger=logger, callbacks=callbacks
+    )
+    ckpt_path = c["ckpt_path"] and resolve_checkpoint(
+        c["ckpt_path"], c["paths"]["log_dir"], "last.ckpt"
     )
     log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=c["ckpt_path"])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     epochs = list(history.epochs)  # testing from a checkpoint restores the callbacks' state too
     best_path = best.best_model_path or None  # none after fast_dev_run: test as trained
     (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
     best_val = float(best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0))
+    if isinstance(logger, TensorBoardLogger):  # the HParams tab: settings beside their results
+        hparams = {**flat(c["model"], "model."), **flat(c["data"], "data."), "seed": c["seed"]}
+        results = {"hparams/val_acc_best": best_val, "hparams/test_acc": test["test/acc"]}
+        logger.log_hyperparams(hparams, results)
     if trainer.is_global_zero:
         write_run_report(
             out_dir,
@@ -103,9 +113,15 @@ def train(cfg: DictConfig) -> float:
     return best_val
 
 
+def flat(d: dict, prefix: str) -> dict:
+    """One level of keys with a prefix; lists become text (TensorBoard takes scalars and text)."""
+    return {prefix + k: (str(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()}
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    return train(cfg)
+    with reported_errors("lenet-train"):
+        return train(cfg)
 
 
 def main() -> None:

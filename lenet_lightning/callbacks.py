@@ -1,0 +1,113 @@
+"""Lightning callbacks: each epoch's metrics as a line and a history, and TensorBoard pictures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lenet_lightning.report import confusion_figure, digits_figure
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that keeps its record (best score, files) across a resume into a new run
+    folder.
+
+    Lightning forgets the best score when the folder changes, so the first epoch after a resume
+    would count as the best whatever its score. Here the score, and the file it came from,
+    carry over. Lightning only ever deletes checkpoints inside the current run's folder.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        self.best_model_path = state_dict["best_model_path"]
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_k_models = dict(state_dict.get("best_k_models", {}))
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+
+class EpochHistory(L.Callback):
+    """Keeps each epoch's logged metrics as plain floats and reports them in one line.
+
+    The history travels in checkpoints, so a resumed run still reports every epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = {"epoch": trainer.current_epoch + 1}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")):
+                row[key] = float(value)
+        self.epochs.append(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+        pl_module.print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}")  # beside the bar
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict["epochs"])
+
+
+class TensorBoardPictures(L.Callback):
+    """Sample training digits at the start; the confusion matrix and the test digits the model
+    gets wrong after testing. Needs a TensorBoard logger; does nothing otherwise."""
+
+    def __init__(self, samples: int = 32, mistakes: int = 32) -> None:
+        self.samples, self.mistakes = samples, mistakes
+        self._reset()
+
+    def _reset(self) -> None:
+        self.confusion = torch.zeros(10, 10, dtype=torch.long)
+        self.wrong: list[tuple[torch.Tensor, int, int]] = []
+
+    @staticmethod
+    def _writer(trainer: L.Trainer) -> Any:
+        logger = trainer.logger
+        return logger.experiment if isinstance(logger, TensorBoardLogger) else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        images, labels = next(iter(trainer.train_dataloader))
+        n = min(self.samples, len(labels))
+        titles = [f"label {y}" for y in labels[:n].tolist()]
+        writer.add_figure("samples/train", digits_figure(images[:n], titles), global_step=0)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        images, labels = batch
+        preds = outputs["preds"]
+        self.confusion += torch.bincount((labels * 10 + preds).cpu(), minlength=100).view(10, 10)
+        for i in (preds != labels).nonzero().flatten().tolist()[: self.mistakes - len(self.wrong)]:
+            self.wrong.append((images[i].cpu(), int(labels[i]), int(preds[i])))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        writer.add_figure("test/confusion_matrix", confusion_figure(self.confusion.numpy()), step)
+        if self.wrong:
+            images = torch.stack([w[0] for w in self.wrong])
+            titles = [f"true {t}, pred {p}" for _, t, p in self.wrong]
+            writer.add_figure("test/mistakes", digits_figure(images, titles, columns=8), step)

@@ -1,0 +1,130 @@
+"""Sweep summaries (the Hydra callback and lenet-report), and what TensorBoard receives."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lenet_lightning.train import train
+from tests.conftest import compose_train, run_cli, tiny_overrides
+
+QUICK = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real three-job learning-rate sweep through the CLI, on the real MNIST."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    done = run_cli("-m", *QUICK, "model.lr=1e-4,1e-3,1e-2", cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = (cwd / "outputs" / "train" / "multiruns").iterdir()
+    assert "| **best** |" in done.stdout  # the table is printed when the sweep ends
+    return folder
+
+
+def table_rows(summary: str) -> list[list[str]]:
+    lines = [line for line in summary.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+@pytest.mark.mnist
+def test_sweep_summary_matches_each_jobs_metrics(sweep: Path) -> None:
+    summary = (sweep / "summary.md").read_text()
+    rows = table_rows(summary)
+    assert len(rows) == 3 and rows[0][0] == "**best**" and all(r[0] == "" for r in rows[1:])
+    best_vals = [float(r[3]) for r in rows]
+    assert best_vals == sorted(best_vals, reverse=True)
+    for row in rows:
+        metrics = json.loads((sweep / row[1] / "metrics.json").read_text())
+        assert float(row[2]) == metrics["config"]["model"]["lr"]
+        assert row[3] == f"{metrics['best']['val/acc']:.4f}"
+        assert row[4] == f"{metrics['final']['test/acc']:.4f}"
+        assert int(row[5]) == metrics["epochs"] == 2
+    assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.mnist
+def test_lenet_report_rebuilds_an_interrupted_sweep(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / "summary.md").unlink()
+    (copy / "1" / "metrics.json").unlink()  # job 1 "did not finish"
+    done = subprocess.run(
+        [sys.executable, "-m", "lenet_lightning.report", str(copy)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    summary = (copy / "summary.md").read_text()
+    assert (
+        len(table_rows(summary)) == 2
+        and "Missing (no metrics.json, the job did not finish): 1" in summary
+    )
+    assert summary in done.stdout + "\n"
+
+
+def test_lenet_report_on_a_folder_without_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lenet_lightning.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("lenet-report: error: no runs")
+
+
+def test_tensorboard_gets_hparams_samples_confusion_matrix_mistakes_and_lr(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    overrides = ["model.scheduler=onecycle", "trainer.log_every_n_steps=1"]
+    train(compose_train(tiny_overrides(tiny_mnist, out, *overrides)))
+    tags = {"images": set(), "scalars": set()}
+    hparams_seen = False
+    for events in (out / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        tags["images"] |= set(acc.Tags()["images"])
+        tags["scalars"] |= set(acc.Tags()["scalars"])
+        hparams_seen |= "_hparams_/session_start_info" in acc.summary_metadata
+    assert {"samples/train", "test/confusion_matrix", "test/mistakes"} <= tags["images"]
+    assert {"val/acc", "train/loss", "lr-AdamW", "lr-Adam"} & tags["scalars"] >= {
+        "val/acc",
+        "train/loss",
+    }
+    assert any(t.startswith("lr-") for t in tags["scalars"])
+    assert "hparams/test_acc" in tags["scalars"] and hparams_seen
+
+
+def test_a_run_of_two_epochs_equals_one_epoch_resumed_for_one_more(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    base = ["model.scheduler=none"]  # a schedule spans the run's own max_epochs
+    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "full", *base)))
+    train(
+        compose_train(tiny_overrides(tiny_mnist, tmp_path / "first", *base, "trainer.max_epochs=1"))
+    )
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(
+        compose_train(tiny_overrides(tiny_mnist, tmp_path / "resumed", *base, f"ckpt_path={last}"))
+    )
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert resumed["history"] == full["history"]
+    assert resumed["final"] == full["final"]
+
+
+def test_ckpt_path_latest_takes_the_newest_last_checkpoint(tiny_mnist, tmp_path: Path) -> None:
+    base = ["model.scheduler=none", f"paths.log_dir={tmp_path}"]
+    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "a", *base, "trainer.max_epochs=1")))
+    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "b", *base, "ckpt_path=latest")))
+    resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert resumed["history"][0] == first["history"][0] and resumed["epochs"] == 2
