@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> float:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lenet_lightning.callbacks import ResumableCheckpoint, EpochHistory, TensorBoardPictures
+    from lenet_lightning.callbacks import EpochHistory, ResumableCheckpoint, TensorBoardPictures
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.module import MONITOR, LitLeNet5
 
