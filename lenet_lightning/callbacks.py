@@ -1,7 +1,10 @@
-"""Lightning callbacks: each epoch's metrics as a line and a history, and TensorBoard pictures."""
+"""Lightning callbacks: checkpoints that survive a resume and an interruption, each epoch's
+metrics as a line and a history, and the pictures shown in TensorBoard."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lenet_lightning.report import confusion_figure, digits_figure
+
+log = logging.getLogger(__name__)
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -30,6 +35,36 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.best_k_models = dict(state_dict.get("best_k_models", {}))
         self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
         self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+
+class ResumeAfterInterrupt(L.Callback):
+    """Ctrl-C or SIGTERM loses at most the current epoch: ``last.ckpt`` always holds the last
+    epoch boundary (from the start of training on), and the run says how to resume from it.
+
+    Resuming from an epoch boundary continues exactly as an uninterrupted run would (same
+    data order, same metrics); a mid-epoch state could not promise that.
+    """
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.last_checkpoint)  # epoch 0: the starting point
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+            return
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        log.warning(
+            "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: "
+            "lenet-train ckpt_path=%s (or ckpt_path=latest) and the same settings",
+            trainer.current_epoch + 1,
+            done,
+            self.last_checkpoint,
+        )
 
 
 class EpochHistory(L.Callback):

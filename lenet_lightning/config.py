@@ -6,10 +6,12 @@ keys (also those added with ``+key=``) and the range checks declared with ``rule
 each field. ``ValidateConfig`` runs it before Hydra writes a run folder.
 """
 
+import logging
 import math
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -17,7 +19,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -25,15 +26,19 @@ from omegaconf import MISSING, DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from lenet_lightning.mnist_files import SOURCES, MNISTUnavailable
-from lenet_lightning.model import ACTIVATIONS, CONV_SIZES, POOLINGS
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A config value outside what is allowed; its message is one line naming key and value."""
 
 
-Activation = Enum("Activation", {name: name for name in ACTIVATIONS})
-Pooling = Enum("Pooling", {name: name for name in POOLINGS})
+# The choices the code builds (model.py, module.py; a test keeps them equal). Named here so
+# that checking a config does not import torch.
+Activation = Enum("Activation", {name: name for name in ("tanh", "relu")})
+Pooling = Enum("Pooling", {name: name for name in ("avg", "max")})
+CONV_SIZES = (5, 3)
 Optimizer = Enum("Optimizer", {name: name for name in ("adam", "adamw")})
 Scheduler = Enum("Scheduler", {name: name for name in ("none", "cosine", "onecycle")})
 LoggerKind = Enum("LoggerKind", {name: name for name in ("tensorboard", "csv", "none")})
@@ -177,11 +182,53 @@ def validate(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> N
         elif "check" in f.metadata and not f.metadata["check"](value := cfg[f.name]):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
     accelerator = cfg.trainer.accelerator if "trainer" in known and prefix == "" else None
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if accelerator in ("gpu", "cuda") and not _cuda_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator!r} needs a CUDA GPU and none is available: "
             "use trainer=cpu, or trainer=default to take a GPU only when there is one"
         )
+
+
+def resolve_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
+    """A checkpoint path as given, or for ``latest`` the newest file matching ``pattern``."""
+    if value != "latest":
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={value!r}: no such file")
+        return path
+    found = sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"ckpt_path=latest: no {pattern} below {Path(log_dir).resolve()}")
+    log.info("ckpt_path=latest: using %s", found[-1])
+    return found[-1]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_writable(folder: str | Path) -> None:
+    """Refuse an output folder that cannot be made or written, or whose disk is (nearly) full."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"paths.log_dir={str(folder)!r} cannot be written: {err.strerror}"
+        ) from err
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"paths.log_dir={str(folder)!r} has only {free // 2**20} MiB free; a run needs "
+            f"{MIN_FREE_BYTES // 2**20} MiB for its checkpoints and logs"
+        )
+
+
+MIN_FREE_BYTES = 50 * 2**20
 
 
 class ValidateConfig(Callback):
@@ -197,12 +244,16 @@ class ValidateConfig(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)  # the values common to every job
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, Path(config.hydra.runtime.output_dir))
 
     def _check(self, config: DictConfig, job_dir: Path | None = None) -> None:
         try:
             validate(config, self.schema)
+            check_writable(config.paths.log_dir)
         except ConfigError as err:
             if job_dir and {p.name for p in job_dir.iterdir()} <= {
                 ".hydra",

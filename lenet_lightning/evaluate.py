@@ -16,24 +16,17 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.config import ConfigError, EvalConfig, register, reported_errors, validate
+from lenet_lightning.config import (
+    ConfigError,
+    EvalConfig,
+    register,
+    reported_errors,
+    resolve_checkpoint,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://lenet_lightning.conf"
-
-
-def resolve_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
-    """A checkpoint path as given, or for ``latest`` the newest file matching ``pattern``."""
-    if value != "latest":
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={value!r}: no such file")
-        return path
-    found = sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"ckpt_path=latest: no {pattern} below {Path(log_dir).resolve()}")
-    log.info("ckpt_path=latest: using %s", found[-1])
-    return found[-1]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -19,9 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from lenet_lightning.config import PredictConfig, register, reported_errors, validate
+from lenet_lightning.config import (
+    PredictConfig,
+    register,
+    reported_errors,
+    resolve_checkpoint,
+    validate,
+)
 from lenet_lightning.data import to_float_images
-from lenet_lightning.evaluate import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from lenet_lightning.evaluate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://lenet_lightning.conf"

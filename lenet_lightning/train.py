@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.config import register, reported_errors, validate
-from lenet_lightning.evaluate import resolve_checkpoint
-from lenet_lightning.model import count_parameters
+from lenet_lightning.config import register, reported_errors, resolve_checkpoint, validate
 from lenet_lightning.report import write_run_report
 
 if TYPE_CHECKING:
@@ -38,13 +40,19 @@ def make_logger(kind: str, out_dir: Path) -> Logger | bool:
 
 def train(cfg: DictConfig) -> float:
     """Train and test one model as ``cfg`` says; return the best validation accuracy."""
-    # Lightning takes seconds to import: only a run that passed validation pays for it.
+    # torch and Lightning take seconds to import: only a run that passed validation pays for it.
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lenet_lightning.callbacks import EpochHistory, ResumableCheckpoint, TensorBoardPictures
+    from lenet_lightning.callbacks import (
+        EpochHistory,
+        ResumableCheckpoint,
+        ResumeAfterInterrupt,
+        TensorBoardPictures,
+    )
     from lenet_lightning.data import MNISTDataModule
+    from lenet_lightning.model import count_parameters
     from lenet_lightning.module import MONITOR, LitLeNet5
 
     if logging.getLogger().hasHandlers():  # Hydra's handlers print and file Lightning's messages
@@ -70,7 +78,8 @@ def train(cfg: DictConfig) -> float:
     )
     # Every epoch (after EpochHistory has recorded it): the one to resume from.
     last = ResumableCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
-    callbacks = [history, best, last, TensorBoardPictures()]
+    interrupt = ResumeAfterInterrupt(out_dir / "checkpoints" / "last.ckpt")
+    callbacks = [history, best, last, interrupt, TensorBoardPictures()]
     if c["callbacks"]["early_stopping_patience"]:
         patience = c["callbacks"]["early_stopping_patience"]
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
@@ -86,7 +95,8 @@ def train(cfg: DictConfig) -> float:
     log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with sigterm_as_interrupt():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     epochs = list(history.epochs)  # testing from a checkpoint restores the callbacks' state too
     best_path = best.best_model_path or None  # none after fast_dev_run: test as trained
@@ -111,6 +121,23 @@ def train(cfg: DictConfig) -> float:
         )
         log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
     return best_val
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) is handled like Ctrl-C: Lightning stops cleanly."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def flat(d: dict, prefix: str) -> dict:
