@@ -246,6 +246,17 @@ class ValidateConfig(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)  # the values common to every job
+        trainer = config.get("trainer")
+        basic = config.hydra.launcher._target_.endswith("BasicLauncher")
+        if trainer and str(trainer.strategy).startswith("ddp") and basic:
+            # Lightning restarts each rank with hydra.run.dir, which a sweep job does not use.
+            print(
+                f"{config.hydra.help.app_name}: error: trainer.strategy={trainer.strategy!r} "
+                "cannot run inside a sweep (-m) on the basic launcher: start each DDP run by "
+                "itself, or sweep with hydra/launcher=slurm",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, Path(config.hydra.runtime.output_dir))

@@ -1,0 +1,52 @@
+"""The optional Hydra plugins: Optuna search and the SLURM launcher."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import get_class
+
+from lenet_lightning.config import register
+from tests.conftest import run_cli
+
+
+def compose_with_hydra(overrides: list[str]):
+    register()
+    with initialize_config_module(config_module="lenet_lightning.conf", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_config_composes_and_its_plugin_loads() -> None:
+    cfg = compose_with_hydra(["hydra/launcher=slurm"])
+    launcher = cfg.hydra.launcher
+    assert launcher.timeout_min == 60 and launcher.gpus_per_node == 1
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
+def test_optuna_search_config_composes() -> None:
+    cfg = compose_with_hydra(["hparams_search=lr_optuna"])
+    assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper"
+    assert cfg.hydra.sweeper.direction == "maximize" and "model.lr" in cfg.hydra.sweeper.params
+
+
+@pytest.mark.mnist
+def test_optuna_search_runs_and_optimises_the_best_val_acc(tmp_path: Path) -> None:
+    quick = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+    ]
+    quick += ["trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "logger=none"]
+    done = run_cli(
+        "-m", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=2", *quick, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    best = (sweep / "optimization_results.yaml").read_text()
+    vals = [
+        json.loads((sweep / job / "metrics.json").read_text())["best"]["val/acc"]
+        for job in ("0", "1")
+    ]
+    assert f"best_value: {max(vals)}" in best
+    assert (sweep / "summary.md").exists()
