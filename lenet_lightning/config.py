@@ -209,6 +209,9 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
+
+
 def check_writable(folder: str | Path) -> None:
     """Refuse an output folder that cannot be made or written, or whose disk is (nearly) full."""
     path = Path(folder)
@@ -228,7 +231,15 @@ def check_writable(folder: str | Path) -> None:
         )
 
 
-MIN_FREE_BYTES = 50 * 2**20
+def check_sweepable(config: DictConfig) -> None:
+    """Refuse a sweep of DDP runs on the basic launcher: Lightning restarts each rank with
+    ``hydra.run.dir``, which a sweep job does not use, so ranks would lose the job's folder."""
+    strategy = str(config.trainer.strategy) if "trainer" in config else ""
+    if strategy.startswith("ddp") and config.hydra.launcher._target_.endswith("BasicLauncher"):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
+            "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
+        )
 
 
 class ValidateConfig(Callback):
@@ -245,26 +256,17 @@ class ValidateConfig(Callback):
         self._check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)  # the values common to every job
-        trainer = config.get("trainer")
-        basic = config.hydra.launcher._target_.endswith("BasicLauncher")
-        if trainer and str(trainer.strategy).startswith("ddp") and basic:
-            # Lightning restarts each rank with hydra.run.dir, which a sweep job does not use.
-            print(
-                f"{config.hydra.help.app_name}: error: trainer.strategy={trainer.strategy!r} "
-                "cannot run inside a sweep (-m) on the basic launcher: start each DDP run by "
-                "itself, or sweep with hydra/launcher=slurm",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+        self._check(config, sweep=True)  # the values common to every job
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, Path(config.hydra.runtime.output_dir))
 
-    def _check(self, config: DictConfig, job_dir: Path | None = None) -> None:
+    def _check(self, config: DictConfig, job_dir: Path | None = None, sweep: bool = False) -> None:
         try:
             validate(config, self.schema)
             check_writable(config.paths.log_dir)
+            if sweep:
+                check_sweepable(config)
         except ConfigError as err:
             if job_dir and {p.name for p in job_dir.iterdir()} <= {
                 ".hydra",

@@ -22,6 +22,8 @@ SCHEDULERS = ("none", "cosine", "onecycle")  # per step; cosine and onecycle end
 
 
 class LitLeNet5(L.LightningModule):
+    """LeNet5 trained with cross-entropy on its logits; accuracy per stage (synced under DDP)."""
+
     def __init__(
         self,
         *,
@@ -55,7 +57,7 @@ class LitLeNet5(L.LightningModule):
         acc = getattr(self, f"{stage}_acc")
         acc.update(preds, y)
         log = {"on_step": False, "on_epoch": True, "batch_size": len(y)}
-        self.log(f"{stage}/loss", loss, **log)
+        self.log(f"{stage}/loss", loss, sync_dist=True, **log)  # averaged over DDP ranks
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val", **log)
         return {"loss": loss, "preds": preds}
 

@@ -152,6 +152,13 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(
     assert history(tmp_path) == uninterrupted
 
 
+def test_a_sweep_of_ddp_runs_is_refused_with_a_clear_line(tmp_path: Path) -> None:
+    done = run_cli("-m", "trainer=ddp_cpu", "model.lr=1e-3,1e-2", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("lenet-train: error: trainer.strategy='ddp' cannot run")
+    assert not list((tmp_path / "outputs").rglob("metrics.json"))
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     done = run_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)
