@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 class ResumableCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that keeps its record (best score, files) across a resume.
 
-    A resumed run writes into a new folder, and Lightning forgets the best score when the folder changes, so the first epoch after a resume
-    would count as the best whatever its score. Here the score, and the file it came from,
-    carry over. Lightning only ever deletes checkpoints inside the current run's folder.
+    A resumed run writes into a new folder, and Lightning forgets the best score when the
+    folder changes: the first epoch after a resume would count as the best whatever its score.
+    Here the score, and the file it came from, carry over. Lightning only ever deletes
+    checkpoints inside the current run's folder, so the earlier run's files stay.
     """
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
