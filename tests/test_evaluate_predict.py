@@ -15,7 +15,7 @@ from lenet_lightning.config import ConfigError
 from lenet_lightning.data import load_mnist, to_float_images
 from lenet_lightning.evaluate import load_checkpoint, model_from_checkpoint
 from lenet_lightning.predict import to_mnist
-from tests.conftest import run_cli
+from tests.conftest import compose_train, run_cli
 
 pytestmark = pytest.mark.mnist
 
@@ -60,7 +60,8 @@ def test_eval_of_the_best_checkpoint_reproduces_the_runs_test_accuracy(trained_r
 
 
 def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
-    images, _ = load_mnist(str(Path("~/.cache/lenet-lightning").expanduser()), train=False)
+    data_dir = Path(compose_train([]).data.data_dir).expanduser()  # where the runs keep MNIST
+    images, _ = load_mnist(str(data_dir), train=False)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
