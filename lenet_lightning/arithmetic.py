@@ -139,12 +139,12 @@ def main() -> None:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from lenet_lightning.config import register, reported_errors, validate
+    from lenet_lightning.config import CONFIG_MODULE, register, reported_errors, validate
     from lenet_lightning.model import LeNet5
 
     register()
     with reported_errors("lenet-shapes"):
-        with initialize_config_module(config_module="lenet_lightning.conf", version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name="train", overrides=sys.argv[1:])
         validate(cfg)
     m = OmegaConf.to_container(cfg.model, enum_to_str=True)

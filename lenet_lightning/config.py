@@ -28,6 +28,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from lenet_lightning.mnist_files import SOURCES, MNISTUnavailable
 
 log = logging.getLogger(__name__)
+CONFIG_MODULE = "lenet_lightning.conf"  # conf/, shipped inside the package
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"  # for @hydra.main
 
 
 class ConfigError(ValueError):

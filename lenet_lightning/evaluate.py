@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_lightning.config import (
+    CONFIG_PATH,
     ConfigError,
     EvalConfig,
     register,
@@ -26,7 +27,6 @@ from lenet_lightning.config import (
 )
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "pkg://lenet_lightning.conf"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from lenet_lightning.config import (
+    CONFIG_PATH,
     PredictConfig,
     register,
     reported_errors,
@@ -30,7 +31,6 @@ from lenet_lightning.data import to_float_images
 from lenet_lightning.evaluate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "pkg://lenet_lightning.conf"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 

@@ -18,14 +18,19 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.config import register, reported_errors, resolve_checkpoint, validate
+from lenet_lightning.config import (
+    CONFIG_PATH,
+    register,
+    reported_errors,
+    resolve_checkpoint,
+    validate,
+)
 from lenet_lightning.report import write_run_report
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "pkg://lenet_lightning.conf"
 
 
 def make_logger(kind: str, out_dir: Path) -> Logger | bool:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from lenet_lightning import mnist_files
-from lenet_lightning.config import register
+from lenet_lightning.config import CONFIG_MODULE, register
 
 N_TRAIN, N_TEST = 400, 200
 
@@ -54,7 +54,7 @@ def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with overrides, as ``lenet-train`` would compose it."""
     register()
-    with initialize_config_module(config_module="lenet_lightning.conf", version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 

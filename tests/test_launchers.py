@@ -7,13 +7,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import get_class
 
-from lenet_lightning.config import register
+from lenet_lightning.config import CONFIG_MODULE, register
 from tests.conftest import run_cli
 
 
 def compose_with_hydra(overrides: list[str]):
     register()
-    with initialize_config_module(config_module="lenet_lightning.conf", version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 

@@ -82,7 +82,7 @@ def test_validation_names_key_value_and_what_is_allowed(override: str, message: 
         validate(compose_train([override]))
 
 
-def test_the_default_config_is_the_lesson() -> None:
+def test_the_default_config_is_the_lessons_network_and_optimiser() -> None:
     cfg = compose_train([])
     assert (cfg.data.batch_size, cfg.model.lr, cfg.seed, cfg.trainer.max_epochs) == (
         100,
@@ -90,10 +90,38 @@ def test_the_default_config_is_the_lesson() -> None:
         0,
         10,
     )
-    assert (cfg.model.activation.name, cfg.model.pooling.name, cfg.model.conv_size) == (
-        "tanh",
-        "avg",
-        5,
-    )
+    model = cfg.model
+    assert (model.activation.name, model.pooling.name, model.conv_size) == ("tanh", "avg", 5)
+    assert (model.optimizer.name, model.weight_decay, model.label_smoothing) == ("adam", 0, 0)
+    assert model.scheduler.name == "cosine" and not model.batch_norm
+    assert cfg.data.normalize and cfg.data.val_size == 5000
     assert cfg.trainer.deterministic and cfg.trainer.accelerator == "auto"
     validate(cfg)
+
+
+def test_the_lesson_experiment_is_exactly_the_lesson() -> None:
+    cfg = compose_train(["experiment=lesson"])
+    assert not cfg.data.normalize and cfg.data.val_size == 0 and cfg.data.batch_size == 100
+    assert cfg.model.scheduler.name == "none" and cfg.model.lr == 1e-3
+    assert cfg.model.activation.name == "tanh" and cfg.model.pooling.name == "avg"
+
+
+@pytest.mark.parametrize("experiment", ["lesson", "lenet5_relu_max", "lenet5_modern", "best"])
+def test_every_experiment_trains_for_fast_dev_run(tiny_mnist, tmp_path: Path, experiment) -> None:
+    out = tmp_path / experiment
+    overrides = tiny_overrides(
+        tiny_mnist, out, f"experiment={experiment}", "trainer.fast_dev_run=true"
+    )
+    train(compose_train([*overrides, "data.val_size=100"]))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["parameters"] < 100_000 and "test/acc" in report["final"]
+
+
+def test_config_choices_match_what_the_code_builds() -> None:
+    from lenet_lightning import config, model, module
+
+    assert [a.name for a in config.Activation] == list(model.ACTIVATIONS)
+    assert [p.name for p in config.Pooling] == list(model.POOLINGS)
+    assert config.CONV_SIZES == model.CONV_SIZES
+    assert {o.name for o in config.Optimizer} == set(module.OPTIMIZERS)
+    assert {s.name for s in config.Scheduler} == set(module.SCHEDULERS)
