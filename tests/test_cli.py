@@ -48,42 +48,6 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
     assert lrs == {1e-3, 1e-2}
 
 
-BAD = [
-    ("model.lr=-1", "model.lr=-1.0 is not allowed: expected a finite number > 0"),
-    ("data.batch_size=0", "data.batch_size=0 is not allowed: expected an integer >= 1"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
-    (
-        "model.activation=sigmoid",
-        "model.activation=sigmoid: Invalid value 'sigmoid', expected one of [tanh, relu]",
-    ),
-    ("model.pooling=median", "expected one of [avg, max]"),
-    ("model.lrr=0.1", "unknown key 'model.lrr'; allowed there: activation, pooling, conv_size"),
-    ("+model.lrr=0.1", "unknown key 'model.lrr'"),
-    (
-        "trainer=tpu",
-        "Could not find 'trainer/tpu'; Available options in 'trainer': cpu, default, gpu",
-    ),
-    ("trainer=gpu", "trainer.accelerator='gpu' needs a CUDA GPU and none is available"),
-    ("model.lr=abc", "model.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
-]
-
-
-@pytest.mark.parametrize("override,message", BAD)
-def test_bad_input_gets_one_clear_line(tmp_path: Path, override: str, message: str) -> None:
-    import torch
-
-    if override == "trainer=gpu" and torch.cuda.is_available():
-        pytest.skip("there is a GPU here")
-    done = run_cli(override, cwd=tmp_path)
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip() == f"lenet-train: error: {done.stderr.strip().split('error: ', 1)[1]}"
-    )
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert message in done.stderr
-    assert not (tmp_path / "outputs").exists()  # refused before anything was written
-
-
 def test_a_data_folder_that_cannot_be_written(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     done = run_cli(f"data.data_dir={tmp_path / 'file' / 'data'}", *QUICK, cwd=tmp_path)
