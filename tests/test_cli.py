@@ -62,7 +62,8 @@ def test_a_data_folder_that_cannot_be_written(tmp_path: Path) -> None:
 def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     done = run_cli("--help", cwd=tmp_path)
     assert done.returncode == 0
-    for line in ("logger: csv, none, tensorboard", "trainer: cpu, default, gpu", "model: lenet5"):
+    groups = ("logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu")
+    for line in (*groups, "model: lenet5", "experiment: best, lenet5_modern, lenet5_relu_max"):
         assert line in done.stdout
 
 
