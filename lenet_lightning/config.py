@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -215,17 +214,18 @@ MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
 
 
 def check_writable(folder: str | Path) -> None:
-    """Refuse an output folder that cannot be made or written, or whose disk is (nearly) full."""
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"paths.log_dir={str(folder)!r} cannot be written: {err.strerror}"
-        ) from err
-    free = shutil.disk_usage(path).free
+    """Refuse an output folder that could not be made or written, or whose disk is (nearly)
+    full. Creates nothing: it looks at the nearest folder that exists."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = "Not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem:
+        raise ConfigError(f"paths.log_dir={str(folder)!r} cannot be written: {problem}")
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         raise ConfigError(
             f"paths.log_dir={str(folder)!r} has only {free // 2**20} MiB free; a run needs "

@@ -35,19 +35,6 @@ def test_cli_run_with_overrides(tmp_path: Path) -> None:
     assert "test/acc=" in done.stdout + done.stderr
 
 
-@pytest.mark.mnist
-def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
-    done = run_cli("-m", *QUICK, "model.lr=1e-3,1e-2", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    lrs = set()
-    for job in ("0", "1"):
-        report = json.loads((sweep / job / "metrics.json").read_text())
-        lrs.add(report["config"]["model"]["lr"])
-        assert list((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
-    assert lrs == {1e-3, 1e-2}
-
-
 def test_a_data_folder_that_cannot_be_written(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     done = run_cli(f"data.data_dir={tmp_path / 'file' / 'data'}", *QUICK, cwd=tmp_path)

@@ -50,6 +50,7 @@ def test_sweep_summary_matches_each_jobs_metrics(sweep: Path) -> None:
         assert row[3] == f"{metrics['best']['val/acc']:.4f}"
         assert row[4] == f"{metrics['final']['test/acc']:.4f}"
         assert int(row[5]) == metrics["epochs"] == 2
+        assert list((sweep / row[1] / "tensorboard").glob("events.out.tfevents.*"))
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
