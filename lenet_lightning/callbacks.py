@@ -49,7 +49,7 @@ class ResumeAfterInterrupt(L.Callback):
         self.last_checkpoint = last_checkpoint
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path is None and not trainer.sanity_checking:
+        if trainer.ckpt_path is None:
             trainer.save_checkpoint(self.last_checkpoint)  # epoch 0: the starting point
 
     def on_exception(

@@ -65,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # The data is prepared as in training; where it lives and the batch size are this machine's.
     data = {**ckpt.get("datamodule_hyper_parameters", c["data"] | {"seed": 0})}
     data.update({k: c["data"][k] for k in ("data_dir", "eval_batch_size", "sources")})
-    trainer_args = {k: v for k, v in c["trainer"].items() if v is not None and k != "max_epochs"}
+    trainer_args = {k: v for k, v in c["trainer"].items() if v is not None}
     trainer = L.Trainer(**trainer_args, logger=False, enable_checkpointing=False)
     (test,) = trainer.test(module, datamodule=MNISTDataModule(**data))
     out_dir = Path(c["paths"]["output_dir"])

@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> float:
     )
     # Every epoch (after EpochHistory has recorded it): the one to resume from.
     last = ResumableCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
-    interrupt = ResumeAfterInterrupt(out_dir / "checkpoints" / "last.ckpt")
+    interrupt = ResumeAfterInterrupt(Path(last.format_checkpoint_name({})))
     callbacks = [history, best, last, interrupt, TensorBoardPictures()]
     if c["callbacks"]["early_stopping_patience"]:
         patience = c["callbacks"]["early_stopping_patience"]
