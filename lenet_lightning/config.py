@@ -68,6 +68,18 @@ def positive_int() -> Any:
     return rule(lambda v: v >= 1, "an integer >= 1")
 
 
+def share_of_epoch() -> Any:
+    """Lightning's int-or-float settings: an int counts batches, a float is a share of them."""
+    return rule(
+        lambda v: (
+            v is None
+            or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+            or (isinstance(v, float) and 0 < v <= 1)
+        ),
+        "null, a fraction above 0 up to 1.0, or a number of batches >= 1",
+    )
+
+
 @dataclass
 class DataConfig:
     data_dir: str = MISSING
@@ -93,6 +105,7 @@ class ModelConfig:
     optimizer: Optimizer = MISSING
     scheduler: Scheduler = MISSING
     label_smoothing: float = rule(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
+    channels_last: bool = MISSING
 
 
 @dataclass
@@ -105,9 +118,10 @@ class TrainerConfig:
     precision: str = rule(lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}")
     deterministic: bool = MISSING
     fast_dev_run: Any = MISSING
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
-    limit_test_batches: float | None = None
+    limit_train_batches: Any = share_of_epoch()  # Any: OmegaConf would turn 1 into 1.0
+    limit_val_batches: Any = share_of_epoch()
+    limit_test_batches: Any = share_of_epoch()
+    val_check_interval: Any = share_of_epoch()
     log_every_n_steps: int = positive_int()
     enable_progress_bar: bool = MISSING
 

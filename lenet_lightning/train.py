@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from lenet_lightning.config import (
 from lenet_lightning.report import write_run_report
 
 if TYPE_CHECKING:
+    import lightning as L
     from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,16 @@ def make_logger(kind: str, out_dir: Path) -> Logger | bool:
     return False
 
 
-def train(cfg: DictConfig) -> float:
-    """Train and test one model as ``cfg`` says; return the best validation accuracy."""
+def train(
+    cfg: DictConfig,
+    callbacks: Sequence[L.Callback] = (),
+    datamodule: L.LightningDataModule | None = None,
+) -> float:
+    """Train and test one model as ``cfg`` says; return the best validation accuracy.
+
+    ``callbacks`` join the run's own; ``datamodule`` replaces the one ``cfg.data`` describes.
+    The benchmarks use both to time this very path, and to feed it another data pipeline.
+    """
     # torch and Lightning take seconds to import: only a run that passed validation pays for it.
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
@@ -70,7 +79,7 @@ def train(cfg: DictConfig) -> float:
     out_dir = Path(c["paths"]["output_dir"])
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
-    datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
+    datamodule = datamodule or MNISTDataModule(**c["data"], seed=c["seed"])
     module = LitLeNet5(**c["model"])
     history = EpochHistory()
     checkpoint_args = {"dirpath": out_dir / "checkpoints", "save_on_train_epoch_end": True}
@@ -84,15 +93,18 @@ def train(cfg: DictConfig) -> float:
     # Every epoch (after EpochHistory has recorded it): the one to resume from.
     last = ResumableCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
     interrupt = ResumeAfterInterrupt(Path(last.format_checkpoint_name({})))
-    callbacks = [history, best, last, interrupt, TensorBoardPictures()]
+    run_callbacks = [history, best, last, interrupt, TensorBoardPictures()]
     if c["callbacks"]["early_stopping_patience"]:
         patience = c["callbacks"]["early_stopping_patience"]
-        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
+        run_callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     logger = make_logger(c["logger"]["kind"], out_dir)
     if logger and c["model"]["scheduler"] != "none":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        run_callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
-        **trainer_args, default_root_dir=out_dir, logger=logger, callbacks=callbacks
+        **trainer_args,
+        default_root_dir=out_dir,
+        logger=logger,
+        callbacks=[*run_callbacks, *callbacks],
     )
     ckpt_path = c["ckpt_path"] and resolve_checkpoint(
         c["ckpt_path"], c["paths"]["log_dir"], "last.ckpt"

@@ -47,6 +47,12 @@ BAD_INPUTS = [  # override, what the one line must say
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1"),
     ("trainer.max_epochs=-3", "trainer.max_epochs=-3 is not allowed"),
     ("trainer.precision=8", "trainer.precision='8' is not allowed"),
+    (
+        "trainer.val_check_interval=1.5",
+        "trainer.val_check_interval=1.5 is not allowed: expected null, a fraction above 0 up to",
+    ),
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 is not allowed"),
+    ("model.channels_last=maybe", "model.channels_last=maybe"),
     ("trainer.accelerator=tpu", "trainer.accelerator='tpu' is not allowed"),
     (
         "trainer=tpu",

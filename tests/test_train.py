@@ -106,7 +106,9 @@ def test_the_lesson_experiment_is_exactly_the_lesson() -> None:
     assert cfg.model.activation.name == "tanh" and cfg.model.pooling.name == "avg"
 
 
-@pytest.mark.parametrize("experiment", ["lesson", "lenet5_relu_max", "lenet5_modern", "best"])
+@pytest.mark.parametrize(
+    "experiment", ["lesson", "lenet5_relu_max", "lenet5_modern", "best", "fast"]
+)
 def test_every_experiment_trains_for_fast_dev_run(tiny_mnist, tmp_path: Path, experiment) -> None:
     out = tmp_path / experiment
     overrides = tiny_overrides(

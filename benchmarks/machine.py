@@ -1,0 +1,166 @@
+"""What the benchmarks share: the machine's description, a stopwatch that also measures how busy
+the rest of the machine was, peak memory, the composed config, and the results file.
+
+A shared, noisy machine can stall two-thread work for milliseconds at a time. Each timed span
+records the load average and the share of the CPUs used by anything other than this process
+(other processes, and time the hypervisor gave to other machines); spans above a threshold are
+discarded, and every figure keeps its load beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from lenet_lightning.config import CONFIG_MODULE, register
+
+RESULTS = Path(__file__).parent / "results"
+LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "numpy")
+
+
+def cpu_name() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if os.path.exists("/proc/cpuinfo") else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe(device: torch.device) -> dict:
+    """The machine, its threads and the library versions: printed and stored with each result."""
+    info = {
+        "cpu": cpu_name(),
+        "cpu_count": psutil.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "libraries": {name: metadata.version(name) for name in LIBRARIES},
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def device_from(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Span:
+    """One timed span: seconds, the 1-minute load average at its start, the CPU share used by
+    everything but this process (0 = the machine was ours alone, 1 = all CPUs busy elsewhere)."""
+
+    seconds: float
+    load_avg: float
+    foreign_cpu: float
+
+
+class Stopwatch:
+    """Times spans and measures the foreign load during each."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.process = psutil.Process()
+
+    def _busy(self) -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+
+    def _own(self) -> float:
+        t = self.process.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.load = os.getloadavg()[0]
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    def stop(self) -> Span:
+        synchronize(self.device)
+        seconds = time.perf_counter() - self.t0
+        foreign = (self._busy() - self.busy0) - (self._own() - self.own0)
+        share = max(0.0, foreign) / (seconds * (psutil.cpu_count() or 1))
+        return Span(seconds, self.load, min(1.0, share))
+
+
+class PeakMemory:
+    """Peak memory while a block runs: on CUDA the allocator's peak; on the CPU the peak
+    resident size of this process above what it held when the block began (sampled)."""
+
+    def __init__(self, device: torch.device, every: float = 0.01) -> None:
+        self.device, self.every = device, every
+        self.peak_mib = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.base = psutil.Process().memory_info().rss
+        self.top, self.done = self.base, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self.done.wait(self.every):
+            self.top = max(self.top, process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            top = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.done.set()
+            self.thread.join()
+            top = self.top
+        self.peak_mib = max(self.peak_mib, (top - self.base) / 2**20)
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with overrides: the config ``lenet-train`` would run."""
+    register()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def trainer_overrides(device: torch.device) -> list[str]:
+    return ["trainer=gpu" if device.type == "cuda" else "trainer=cpu"]
+
+
+def write_results(name: str, out_dir: Path, results: dict) -> Path:
+    """``<out_dir>/<name>.json``, written aside and renamed, so a failed run loses nothing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: readable on the terminal and pasted as is into the README."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)

@@ -1,0 +1,61 @@
+"""Both benchmarks' latest results for one device, as the Markdown the README's Performance
+section shows: the machine, the command, and the two tables.
+
+    python benchmarks/summary.py [--device cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from epoch_time import render as render_epochs
+from machine import RESULTS
+from time_to_accuracy import render as render_accuracy
+
+
+def machine_line(machine: dict) -> str:
+    libs = machine["libraries"]
+    device = machine.get("gpu", machine["cpu"])
+    return (
+        f"{device}; {machine['cpu_count']} CPUs ({machine['cpu']}), {machine['torch_threads']} "
+        f"torch threads; torch {libs['torch']}, lightning {libs['lightning']}, "
+        f"torchvision {libs['torchvision']}, Python {machine['python']}"
+    )
+
+
+def summary(results_dir: Path, device: str, quick: bool) -> str:
+    suffix = f"-{device}" + ("-quick" if quick else "")
+    parts = []
+    for name, render in (("epoch_time", render_epochs), ("time_to_accuracy", render_accuracy)):
+        path = results_dir / f"{name}{suffix}.json"
+        if not path.exists():
+            parts.append(f"({path.name}: not measured yet)")
+            continue
+        results = json.loads(path.read_text())
+        flag = " --quick" if quick else ""
+        parts += [
+            f"**{name.replace('_', ' ')}** - `python benchmarks/{name}.py{flag}`, "
+            f"{results['date']}, {results['seconds']:.0f} s",
+            f"{machine_line(results['machine'])}",
+            "",
+            render(results),
+        ]
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="the quick runs' results")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
+    args = p.parse_args(argv)
+    print(summary(args.results, args.device, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

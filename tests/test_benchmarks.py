@@ -1,0 +1,78 @@
+"""The benchmarks run (quick mode, tiny synthetic data) and write well-formed results.
+
+Speed is not asserted here: the figures and their targets live in the benchmarks' output.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+import epoch_time
+import summary
+import time_to_accuracy
+
+
+def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Path, capsys) -> None:
+    args = ["--quick", "--fraction", "1", "--device", "cpu", "--data-dir", str(tiny_mnist)]
+    args += ["--out", str(tmp_path), "--variant", "B nchw=model.channels_last=false"]
+    assert epoch_time.main(args) == 0
+    results = json.loads((tmp_path / "epoch_time-cpu-quick.json").read_text())
+    assert set(results["variants"]) == {"A", "B", "C", "B nchw"}
+    settings = results["settings"]
+    assert settings["train_images_per_epoch"] == 400 and settings["eval_images_per_epoch"] == 200
+    for row in results["variants"].values():
+        assert len(row["epochs"]) == settings["rounds"] * settings["epochs_per_round"] == 2
+        assert row["median_epoch_s"] > 0 and row["images_per_s"] > 0
+        assert row["peak_memory_mib"] >= 0 and row["epochs_kept"] >= 1
+        assert all(0 <= e["foreign_cpu"] <= 1 and e["load_avg"] >= 0 for e in row["epochs"])
+    rows = results["variants"]
+    b_over_a = rows["B"]["median_epoch_s"] / rows["A"]["median_epoch_s"]
+    assert results["ratios"]["B/A"] == pytest.approx(b_over_a, abs=1e-3)
+    assert results["targets_met"] == {"B/A": None, "C/B": None}  # quick runs judge nothing
+    machine = results["machine"]
+    assert machine["torch_threads"] >= 1 and machine["device"] == "cpu"
+    assert {"torch", "lightning", "torchvision"} <= set(machine["libraries"])
+    printed = capsys.readouterr().out
+    assert "| A |" in printed and "B/A = " in printed and "C/B = " in printed
+
+
+def test_time_to_accuracy_stops_at_the_target(tiny_mnist, tmp_path: Path, capsys) -> None:
+    tiny = "data.val_size=100 data.batch_size=50 trainer.limit_train_batches=1.0"
+    args = ["--quick", "--device", "cpu", "--data-dir", str(tiny_mnist), "--out", str(tmp_path)]
+    args += ["--target", "0.5", "--checks-per-epoch", "2"]
+    args += ["--config", f"easy={tiny} trainer.max_epochs=4 model.lr=0.003"]
+    args += ["--config", f"never={tiny} trainer.max_epochs=1 model.lr=1e-9"]
+    assert time_to_accuracy.main(args) == 0
+    results = json.loads((tmp_path / "time_to_accuracy-cpu-quick.json").read_text())
+    assert results["target_met"] is None  # quick runs judge nothing
+    (easy,) = results["configs"]["easy"]["runs"]
+    for measure, index in (("val", 2), ("test", 3)):
+        reached = easy[f"to_{measure}"]
+        assert 0 < reached["train_s"] <= reached["wall_s"] and reached["epochs"] < 4
+        first = next(p for p in easy["curve"] if p[index] >= 0.5)  # the first check above
+        assert reached["train_s"] == pytest.approx(first[0], abs=1e-3)
+    last = easy["curve"][-1]
+    assert min(last[2:]) >= 0.5 and 0 <= easy["final_test_acc"] <= 1  # stopped once both had
+    (never,) = results["configs"]["never"]["runs"]
+    assert never["to_val"] is None and never["to_test"] is None
+    assert len(never["curve"]) == 2  # two checks in its one epoch
+    assert results["configs"]["never"]["val_median_train_s"] is None
+    assert results["configs"]["easy"]["parameters"] == 61_706
+    printed = capsys.readouterr().out
+    assert "| easy | 61,706 | 1/1 |" in printed and "| never | 61,706 | 0/1 | - |" in printed
+
+    text = summary.summary(tmp_path, "cpu", quick=True)
+    assert "time to accuracy" in text and "epoch_time-cpu-quick.json: not measured yet" in text
+
+
+def test_bad_arguments_exit_with_a_usage_line(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        epoch_time.main(["--variant", "no equals sign"])
+    assert stop.value.code == 2 and "expected 'NAME=override" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        time_to_accuracy.main(["--target", "1.5"])
+    assert stop.value.code == 2

@@ -1,0 +1,79 @@
+"""LitLeNet5: its memory-layout option, and metrics that reach the logger once per epoch."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lenet_lightning.module import LitLeNet5
+from lenet_lightning.train import train
+from tests.conftest import compose_train, tiny_overrides
+
+HPARAMS = dict(activation="relu", pooling="max", conv_size=5, batch_norm=True, lr=1e-3)
+HPARAMS |= dict(weight_decay=0.0, optimizer="adam", scheduler="none", label_smoothing=0.0)
+
+
+def test_channels_last_is_the_same_network() -> None:
+    nchw = LitLeNet5(**HPARAMS, channels_last=False).eval()
+    nhwc = LitLeNet5(**HPARAMS, channels_last=True).eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    conv = nhwc.model.features[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
+
+
+class Count(L.Callback):
+    """Training batches and validations (sanity check excluded) per epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.validations = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches.append(0)
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.batches[-1] += 1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validations += 0 if trainer.sanity_checking else 1
+
+
+def test_each_metric_is_logged_once_per_epoch(tiny_mnist, tmp_path: Path, monkeypatch) -> None:
+    logged: list[str] = []
+    original = LitLeNet5.log
+
+    def log(self: LitLeNet5, name: str, *args: object, **kwargs: object) -> None:
+        logged.append(name)
+        original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(LitLeNet5, "log", log)
+    count = Count()
+    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "run")), callbacks=[count])
+    assert count.batches == [6, 6]  # 300 training images in batches of 50, two epochs
+    assert logged.count("train/loss") == logged.count("train/acc") == 2
+    assert logged.count("val/acc") == 3  # the sanity check, then each epoch
+    assert logged.count("test/acc") == 1
+
+
+def test_batch_limits_count_batches_and_validation_can_run_within_epochs(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        tiny_overrides(
+            tiny_mnist,
+            tmp_path / "run",
+            "trainer.limit_train_batches=1",  # one batch, not 100%
+            "trainer.val_check_interval=0.5",
+            "data.batch_size=25",
+        )
+    )
+    assert cfg.trainer.limit_train_batches == 1 and isinstance(cfg.trainer.limit_train_batches, int)
+    count = Count()
+    train(cfg, callbacks=[count])
+    assert count.batches == [1, 1]
+    cfg.trainer.limit_train_batches = None
+    count = Count()
+    train(cfg, callbacks=[count])
+    assert count.batches == [12, 12] and count.validations == 4
