@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import logging
+import shlex
 import statistics
 import sys
 import tempfile
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = {
         "benchmark": "epoch_time",
+        "command": shlex.join(["python", "benchmarks/epoch_time.py", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
@@ -267,7 +269,7 @@ def render(results: dict) -> str:
     """The results as a Markdown table, with the ratios and their targets below it."""
     rows = []
     for name, row in results["variants"].items():
-        loads = [e["foreign_cpu"] for e in row["epochs"]]
+        epochs = row["epochs"]
         rows.append(
             [
                 name,
@@ -275,11 +277,12 @@ def render(results: dict) -> str:
                 f"{row['images_per_s']:,}",
                 f"{row['peak_memory_mib']:.0f}",
                 f"{row['epochs_kept']}/{row['epochs_kept'] + row['epochs_discarded']}",
-                f"{max(loads):.0%}",
+                f"{statistics.median(e['load_avg'] for e in epochs):.1f}",
+                f"{max(e['foreign_cpu'] for e in epochs):.0%}",
             ]
         )
     header = ["variant", "median epoch (s)", "train images/s", "peak memory (MiB)"]
-    header += ["epochs kept", "max foreign CPU"]
+    header += ["epochs kept", "load average", "max foreign CPU"]
     lines = [table(header, rows), ""]
     for key, value in results["ratios"].items():
         verdict = {True: "met", False: "MISSED", None: "not judged"}[results["targets_met"][key]]

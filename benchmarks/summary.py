@@ -35,10 +35,9 @@ def summary(results_dir: Path, device: str, quick: bool) -> str:
             parts.append(f"({path.name}: not measured yet)")
             continue
         results = json.loads(path.read_text())
-        flag = " --quick" if quick else ""
         parts += [
-            f"**{name.replace('_', ' ')}** - `python benchmarks/{name}.py{flag}`, "
-            f"{results['date']}, {results['seconds']:.0f} s",
+            f"**{name.replace('_', ' ')}**: `{results['command']}` ({results['date']}, "
+            f"{results['seconds'] / 60:.0f} min)",
             f"{machine_line(results['machine'])}",
             "",
             render(results),

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     fast = rows.get("fast", {}).get(f"{measure}_median_train_s")
     results = {
         "benchmark": "time_to_accuracy",
+        "command": shlex.join(
+            ["python", "benchmarks/time_to_accuracy.py", *(argv or sys.argv[1:])]
+        ),
         "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
