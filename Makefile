@@ -25,7 +25,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-bench: setup  # epoch time A/B/C, then time to 99%: about 25 minutes on a 2-core CPU
+bench: setup  # epoch time A/B/C, then time to 99%: about 20 minutes on a 2-core CPU
 	$(BIN)/python benchmarks/epoch_time.py --variant "B NCHW=model.channels_last=false"
 	$(BIN)/python benchmarks/time_to_accuracy.py
 

@@ -18,10 +18,10 @@ from time_to_accuracy import render as render_accuracy
 
 def machine_line(machine: dict) -> str:
     libs = machine["libraries"]
-    device = machine.get("gpu", machine["cpu"])
+    gpu = f"{machine['gpu']}; " if "gpu" in machine else ""
     return (
-        f"{device}; {machine['cpu_count']} CPUs ({machine['cpu']}), {machine['torch_threads']} "
-        f"torch threads; torch {libs['torch']}, lightning {libs['lightning']}, "
+        f"{gpu}{machine['cpu_count']} CPUs ({machine['cpu']}), {machine['torch_threads']} torch "
+        f"threads; torch {libs['torch']}, lightning {libs['lightning']}, "
         f"torchvision {libs['torchvision']}, Python {machine['python']}"
     )
 
