@@ -79,7 +79,8 @@ def train(
     out_dir = Path(c["paths"]["output_dir"])
     L.seed_everything(c["seed"], workers=True, verbose=False)
 
-    datamodule = datamodule or MNISTDataModule(**c["data"], seed=c["seed"])
+    if datamodule is None:
+        datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
     module = LitLeNet5(**c["model"])
     history = EpochHistory()
     checkpoint_args = {"dirpath": out_dir / "checkpoints", "save_on_train_epoch_end": True}
