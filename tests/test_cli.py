@@ -50,7 +50,8 @@ def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     done = run_cli("--help", cwd=tmp_path)
     assert done.returncode == 0
     groups = ("logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu")
-    for line in (*groups, "model: lenet5", "experiment: best, lenet5_modern, lenet5_relu_max"):
+    groups += ("model: lenet5", "experiment: best, fast, lenet5_modern, lenet5_relu_max")
+    for line in groups:
         assert line in done.stdout
 
 
