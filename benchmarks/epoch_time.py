@@ -19,9 +19,6 @@ JSON to ``benchmarks/results/epoch_time-<device>[-quick].json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
 import shlex
 import statistics
 import sys
@@ -35,12 +32,14 @@ import torch
 from lesson_loop import LessonLoop
 from machine import (
     RESULTS,
+    VERDICTS,
     PeakMemory,
     Span,
     Stopwatch,
-    compose_train,
     describe,
     device_from,
+    named_overrides,
+    quiet_train,
     table,
     trainer_overrides,
     write_results,
@@ -49,9 +48,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
+from lenet_lightning.config import compose_config
 from lenet_lightning.data import MEAN, STD, load_mnist
 from lenet_lightning.mnist_files import ensure_mnist
-from lenet_lightning.train import train
 
 TARGETS = {"B/A": ("<=", 1.0), "C/B": (">=", 2.0)}
 
@@ -120,22 +119,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.fraction = args.fraction or (0.1 if quick else 1.0)
     if not 0 < args.fraction <= 1 or args.rounds < 1 or args.epochs < 1:
         p.error("--fraction must be in (0, 1]; --rounds and --epochs at least 1")
-    extra = {}
-    for text in args.variant:
-        name, sep, overrides = text.partition("=")
-        if not sep or not name.strip() or not overrides.strip():
-            p.error(f"--variant {text!r}: expected 'NAME=override [override ...]'")
-        extra[name.strip()] = overrides.split()
-    args.extra = extra
+    args.extra = named_overrides(p, "--variant", args.variant, empty_ok=False)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = device_from(args.device)
-    for name in ("lightning.pytorch", "lightning.fabric", "lenet_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # the per-run messages
-    base = compose_train([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    base = compose_config([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     data_dir = str(Path(base.data.data_dir).expanduser())
     ensure_mnist(data_dir, base.data.sources)
 
@@ -148,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def lightning_run(name: str, overrides: list[str], datamodule: Callable | None) -> Callable:
         def run(round_: int) -> list[Span]:
-            cfg = compose_train(
+            cfg = compose_config(
                 [
                     f"data.data_dir={data_dir}",
                     f"paths.output_dir={work.name}/{name}/{round_}",
@@ -165,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             timer = EpochTimer(stopwatch)
             dm = datamodule() if datamodule else None
-            with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
-                train(cfg, callbacks=[timer], datamodule=dm)
+            quiet_train(cfg, [timer], dm)
             return timer.spans
 
         return run
@@ -285,7 +275,7 @@ def render(results: dict) -> str:
     header += ["epochs kept", "load average", "max foreign CPU"]
     lines = [table(header, rows), ""]
     for key, value in results["ratios"].items():
-        verdict = {True: "met", False: "MISSED", None: "not judged"}[results["targets_met"][key]]
+        verdict = VERDICTS[results["targets_met"][key]]
         lines.append(f"{key} = {value:.2f} (target {results['targets'][key]}: {verdict})")
     return "\n".join(lines)
 

@@ -9,7 +9,11 @@ discarded, and every figure keeps its load beside it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
+import logging
 import os
 import platform
 import threading
@@ -18,15 +22,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import lightning as L
 import psutil
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from lenet_lightning.config import CONFIG_MODULE, register
+from lenet_lightning.train import train
 
 RESULTS = Path(__file__).parent / "results"
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "numpy")
+VERDICTS = {True: "met", False: "MISSED", None: "not judged"}  # a target's, None in quick mode
 
 
 def cpu_name() -> str:
@@ -137,11 +142,27 @@ class PeakMemory:
         self.peak_mib = max(self.peak_mib, (top - self.base) / 2**20)
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with overrides: the config ``lenet-train`` would run."""
-    register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+def named_overrides(
+    parser: argparse.ArgumentParser, option: str, texts: list[str], *, empty_ok: bool
+) -> dict[str, list[str]]:
+    """``NAME=override [override ...]`` options as ``{NAME: overrides}``; a usage error else."""
+    named = {}
+    for text in texts:
+        name, sep, overrides = text.partition("=")
+        if not sep or not name.strip() or not (empty_ok or overrides.strip()):
+            parser.error(f"{option} {text!r}: expected 'NAME=override [override ...]'")
+        named[name.strip()] = overrides.split()
+    return named
+
+
+def quiet_train(
+    cfg: DictConfig, callbacks: list[L.Callback], datamodule: L.LightningDataModule | None = None
+) -> None:
+    """``train(cfg)`` without its per-run messages and per-epoch lines."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lenet_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(cfg, callbacks=callbacks, datamodule=datamodule)
 
 
 def trainer_overrides(device: torch.device) -> list[str]:

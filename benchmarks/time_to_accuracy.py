@@ -16,10 +16,7 @@ then tested as usual. Writes a table to the terminal and JSON to
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import logging
 import math
 import shlex
 import statistics
@@ -32,16 +29,18 @@ import lightning as L
 import torch
 from machine import (
     RESULTS,
-    compose_train,
+    VERDICTS,
     describe,
     device_from,
+    named_overrides,
+    quiet_train,
     synchronize,
     table,
     trainer_overrides,
     write_results,
 )
 
-from lenet_lightning.train import train
+from lenet_lightning.config import compose_config
 
 CONFIGS = {"default": [], "fast": ["experiment=fast"]}
 # The fast configuration's median over seeds: on the CPU to 99.0% validation accuracy (this
@@ -125,21 +124,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.target = args.target or (0.8 if args.quick else 0.99)
     if not 0 < args.target <= 1 or args.checks_per_epoch < 1:
         p.error("--target must be in (0, 1]; --checks-per-epoch at least 1")
-    configs = {}
-    for text in args.config:
-        name, sep, overrides = text.partition("=")
-        if not sep or not name.strip():
-            p.error(f"--config {text!r}: expected 'NAME=override [override ...]'")
-        configs[name.strip()] = overrides.split()
-    args.configs = configs or CONFIGS
+    args.configs = named_overrides(p, "--config", args.config, empty_ok=True) or CONFIGS
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = device_from(args.device)
-    for name in ("lightning.pytorch", "lightning.fabric", "lenet_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # the per-run messages
     machine = describe(device)
     print(f"{machine['cpu']}, {machine['torch_threads']} threads, {device}", flush=True)
     work = tempfile.TemporaryDirectory(prefix="lenet-tta-")
@@ -149,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for seed in args.seeds:
             out = Path(work.name) / name / str(seed)
-            cfg = compose_train(
+            cfg = compose_config(
                 [
                     *([f"data.data_dir={args.data_dir}"] if args.data_dir else []),
                     f"paths.output_dir={out}",
@@ -162,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
             reach = ReachAccuracy(args.target)
-            with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines
-                train(cfg, callbacks=[reach])
+            quiet_train(cfg, [reach])
             report = json.loads((out / "metrics.json").read_text())
             run = {
                 "seed": seed,
@@ -235,7 +225,7 @@ def render(results: dict) -> str:
     for k in ("val", "test"):
         header += [f"{k} >= {target}", "median s", "per seed (s)"]
     header.append("median best val/acc")
-    verdict = {True: "met", False: "MISSED", None: "not judged"}[results["target_met"]]
+    verdict = VERDICTS[results["target_met"]]
     return f"{table(header, rows)}\n\ntarget: {results['target']}: {verdict}"
 
 

@@ -136,16 +136,13 @@ def format_table(rows: list[LayerRow]) -> str:
 
 def main() -> None:
     """``lenet-shapes [overrides]``: the layer table of the model the config describes."""
-    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from lenet_lightning.config import CONFIG_MODULE, register, reported_errors, validate
+    from lenet_lightning.config import compose_config, reported_errors, validate
     from lenet_lightning.model import LeNet5
 
-    register()
     with reported_errors("lenet-shapes"):
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name="train", overrides=sys.argv[1:])
+        cfg = compose_config(sys.argv[1:])
         validate(cfg)
     m = OmegaConf.to_container(cfg.model, enum_to_str=True)
     model = LeNet5(m["activation"], m["pooling"], m["conv_size"], m["batch_norm"])

@@ -18,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -182,6 +183,15 @@ def register() -> None:
     """Make the schemas known to Hydra as ``<app>_schema``, the first entry of each app's config."""
     for name, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+
+def compose_config(
+    overrides: list[str], config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
+    """An app's config with overrides, composed as its CLI composes it (without running it)."""
+    register()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
 
 
 def validate(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> None:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from lenet_lightning import mnist_files
-from lenet_lightning.config import CONFIG_MODULE, register
+from lenet_lightning.config import compose_config
 
 N_TRAIN, N_TEST = 400, 200
 
@@ -53,9 +52,7 @@ def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with overrides, as ``lenet-train`` would compose it."""
-    register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config(overrides)
 
 
 def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:

@@ -4,17 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.utils import get_class
 
-from lenet_lightning.config import CONFIG_MODULE, register
+from lenet_lightning.config import compose_config
 from tests.conftest import run_cli
 
 
 def compose_with_hydra(overrides: list[str]):
-    register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides, return_hydra_config=True)
 
 
 def test_slurm_launcher_config_composes_and_its_plugin_loads() -> None:
