@@ -49,7 +49,8 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from lenet_lightning.config import compose_config
-from lenet_lightning.data import MEAN, STD, load_mnist
+from lenet_lightning.data import load_mnist
+from lenet_lightning.images import MEAN, STD
 from lenet_lightning.mnist_files import ensure_mnist
 
 TARGETS = {"B/A": ("<=", 1.0), "C/B": (">=", 2.0)}

@@ -136,17 +136,13 @@ def format_table(rows: list[LayerRow]) -> str:
 
 def main() -> None:
     """``lenet-shapes [overrides]``: the layer table of the model the config describes."""
-    from omegaconf import OmegaConf
-
-    from lenet_lightning.config import compose_config, reported_errors, validate
+    from lenet_lightning.cli import refusals_as_one_line
+    from lenet_lightning.config import compose_config
     from lenet_lightning.model import LeNet5
 
-    with reported_errors("lenet-shapes"):
+    with refusals_as_one_line("lenet-shapes"):
         cfg = compose_config(sys.argv[1:])
-        validate(cfg)
-    m = OmegaConf.to_container(cfg.model, enum_to_str=True)
-    model = LeNet5(m["activation"], m["pooling"], m["conv_size"], m["batch_norm"])
-    print(format_table(layer_table(model)))
+    print(format_table(layer_table(LeNet5.from_settings(cfg.model))))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from matplotlib.figure import Figure
 
-from lenet_lightning.report import confusion_figure, digits_figure
+from lenet_lightning.report import digits_figure
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class ResumeAfterInterrupt(L.Callback):
     """Ctrl-C or SIGTERM loses at most the current epoch: ``last.ckpt`` always holds the last
     epoch boundary (from the start of training on), and the run says how to resume from it.
 
-    Resuming from an epoch boundary continues exactly as an uninterrupted run would (same
-    data order, same metrics); a mid-epoch state could not promise that.
+    Lightning stops cleanly on both (its signal connector raises ``SIGTERMException``) and
+    calls ``on_exception``. Resuming from an epoch boundary continues exactly as an
+    uninterrupted run would (same data order, same metrics); a mid-epoch state could not.
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
@@ -50,12 +52,13 @@ class ResumeAfterInterrupt(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is None:
-            trainer.save_checkpoint(self.last_checkpoint)  # epoch 0: the starting point
+            trainer.save_checkpoint(self.last_checkpoint, weights_only=False)  # epoch 0: the start
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if not interrupted or not trainer.is_global_zero:
             return
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         log.warning(
@@ -67,10 +70,12 @@ class ResumeAfterInterrupt(L.Callback):
         )
 
 
-class EpochHistory(L.Callback):
+class EpochHistory(Checkpoint):
     """Keeps each epoch's logged metrics as plain floats and reports them in one line.
 
-    The history travels in checkpoints, so a resumed run still reports every epoch.
+    The history travels in checkpoints, so a resumed run still reports every epoch. As a
+    ``Checkpoint`` callback, Lightning runs its ``on_train_epoch_end`` after the module's own
+    (where the training metrics are logged) and before the checkpoints that follow it.
     """
 
     def __init__(self) -> None:
@@ -93,16 +98,12 @@ class EpochHistory(L.Callback):
 
 
 class TensorBoardPictures(L.Callback):
-    """Sample training digits at the start; the confusion matrix and the test digits the model
-    gets wrong after testing. Needs a TensorBoard logger; does nothing otherwise."""
+    """Sample training digits at the start; after testing, the confusion matrix and the test
+    digits the model got wrong (kept by the module, over all ranks). Needs a TensorBoard logger;
+    does nothing otherwise."""
 
-    def __init__(self, samples: int = 32, mistakes: int = 32) -> None:
-        self.samples, self.mistakes = samples, mistakes
-        self._reset()
-
-    def _reset(self) -> None:
-        self.confusion = torch.zeros(10, 10, dtype=torch.long)
-        self.wrong: list[tuple[torch.Tensor, int, int]] = []
+    def __init__(self, samples: int = 32) -> None:
+        self.samples = samples
 
     @staticmethod
     def _writer(trainer: L.Trainer) -> Any:
@@ -118,31 +119,17 @@ class TensorBoardPictures(L.Callback):
         titles = [f"label {y}" for y in labels[:n].tolist()]
         writer.add_figure("samples/train", digits_figure(images[:n], titles), global_step=0)
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset()
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        images, labels = batch
-        preds = outputs["preds"]
-        self.confusion += torch.bincount((labels * 10 + preds).cpu(), minlength=100).view(10, 10)
-        for i in (preds != labels).nonzero().flatten().tolist()[: self.mistakes - len(self.wrong)]:
-            self.wrong.append((images[i].cpu(), int(labels[i]), int(preds[i])))
-
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = self._writer(trainer)
         if writer is None or not trainer.is_global_zero:
             return
         step = trainer.global_step
-        writer.add_figure("test/confusion_matrix", confusion_figure(self.confusion.numpy()), step)
-        if self.wrong:
-            images = torch.stack([w[0] for w in self.wrong])
-            titles = [f"true {t}, pred {p}" for _, t, p in self.wrong]
-            writer.add_figure("test/mistakes", digits_figure(images, titles, columns=8), step)
+        figure = Figure(figsize=(6, 5.5), layout="constrained")
+        pl_module.test_confusion.plot(pl_module.confusion, ax=figure.subplots())
+        writer.add_figure("test/confusion_matrix", figure, step)
+        images, labels, preds = pl_module.mistakes
+        if len(labels):
+            titles = [
+                f"true {t}, pred {p}" for t, p in zip(labels.tolist(), preds.tolist(), strict=True)
+            ]
+            writer.add_figure("test/mistakes", digits_figure(images, titles), step)

@@ -1,155 +1,169 @@
-"""The config schema: Hydra structured configs (types, allowed values, ranges), one check each.
+"""The settings: every key of ``lenet-train``, ``lenet-eval`` and ``lenet-predict``, each written
+once here with its default, its type and the values it allows.
 
-The YAML files in ``conf/`` hold every default; these dataclasses hold only types and rules.
-Hydra enforces types and enum values while it composes the config; ``validate`` adds unknown
-keys (also those added with ``+key=``) and the range checks declared with ``rule(...)`` beside
-each field. ``ValidateConfig`` runs it before Hydra writes a run folder.
+Hydra builds the apps' configs from these dataclasses; the YAML files in ``conf/`` only pick
+presets (trainer, logger, experiment). Hydra checks types while it composes; ``validate``
+checks the allowed values. Nothing here imports torch or Lightning, so a refused config costs
+a fraction of a second. The Trainer's own arguments (accelerator, devices, strategy,
+precision) are checked by Lightning itself.
 """
 
-import logging
 import math
-import os
-import shutil
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
-from hydra.experimental.callback import Callback
-from omegaconf import MISSING, DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lenet_lightning.mnist_files import SOURCES, MNISTUnavailable
+from lenet_lightning.mnist_files import SOURCES
 
-log = logging.getLogger(__name__)
 CONFIG_MODULE = "lenet_lightning.conf"  # conf/, shipped inside the package
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"  # for @hydra.main
 
 
 class ConfigError(ValueError):
-    """A config value outside what is allowed; its message is one line naming key and value."""
+    """A setting outside what is allowed; its message is one line naming key and value."""
 
 
-# The choices the code builds (model.py, module.py; a test keeps them equal). Named here so
-# that checking a config does not import torch.
-Activation = Enum("Activation", {name: name for name in ("tanh", "relu")})
-Pooling = Enum("Pooling", {name: name for name in ("avg", "max")})
-CONV_SIZES = (5, 3)
-Optimizer = Enum("Optimizer", {name: name for name in ("adam", "adamw")})
-Scheduler = Enum("Scheduler", {name: name for name in ("none", "cosine", "onecycle")})
-LoggerKind = Enum("LoggerKind", {name: name for name in ("tensorboard", "csv", "none")})
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
+def setting(default: Any, allowed: str, check: Callable[[Any], bool], **more: Any) -> Any:
+    """A dataclass field: its default, and ``check`` for the values described by ``allowed``."""
+    where = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
+    metadata = {"check": check, "allowed": allowed, **more}
+    return field(**(where or {"default": default}), metadata=metadata)
 
 
-def rule(check: Callable[[Any], bool], allowed: str) -> Any:
-    """A mandatory field (its value comes from conf/) with a range check and its description."""
-    return field(default=MISSING, metadata={"check": check, "allowed": allowed})
-
-
-def _finite(v: Any) -> bool:
+def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def positive() -> Any:
-    return rule(lambda v: _finite(v) and v > 0, "a finite number > 0")
+def choice(*values: Any) -> Any:
+    """One of ``values``; the first is the default."""
+    allowed = f"one of [{', '.join(map(str, values))}]"
+    return setting(values[0], allowed, lambda v: v in values, choices=values)
 
 
-def non_negative() -> Any:
-    return rule(lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+def positive(default: float) -> Any:
+    return setting(default, "a finite number > 0", lambda v: _number(v) and v > 0)
 
 
-def positive_int() -> Any:
-    return rule(lambda v: v >= 1, "an integer >= 1")
+def at_least(default: float, low: float) -> Any:
+    kind = "an integer" if isinstance(default, int) else "a finite number"
+    return setting(default, f"{kind} >= {low}", lambda v: _number(v) and v >= low)
+
+
+def fraction(default: float, high: float = 1.0, *, high_included: bool = False) -> Any:
+    """A number from 0 up to ``high`` (included or not)."""
+    up_to = f"up to {high:g}" if high_included else f"up to (not including) {high:g}"
+    ok = (lambda v: 0 <= v <= high) if high_included else (lambda v: 0 <= v < high)
+    return setting(default, f"a number from 0 {up_to}", lambda v: _number(v) and ok(v))
 
 
 def share_of_epoch() -> Any:
     """Lightning's int-or-float settings: an int counts batches, a float is a share of them."""
-    return rule(
-        lambda v: (
-            v is None
-            or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-            or (isinstance(v, float) and 0 < v <= 1)
-        ),
-        "null, a fraction above 0 up to 1.0, or a number of batches >= 1",
-    )
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool):
+            return False
+        return v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+
+    return setting(None, "null, a fraction above 0 up to 1.0, or a number of batches >= 1", ok)
 
 
 @dataclass
-class DataConfig:
-    data_dir: str = MISSING
-    batch_size: int = positive_int()
-    eval_batch_size: int = positive_int()
-    val_size: int = rule(lambda v: 0 <= v <= 59_999, "an integer from 0 to 59999")
-    normalize: bool = MISSING
-    split_seed: int = MISSING
-    augment_degrees: float = non_negative()
-    augment_translate: float = rule(lambda v: 0 <= v <= 0.5, "a fraction from 0 to 0.5")
-    augment_scale: float = rule(lambda v: 0 <= v < 1, "a fraction from 0 up to 1")
-    sources: list[str] = rule(lambda v: set(v) <= set(SOURCES), f"a list from {list(SOURCES)}")
+class DataFilesConfig:
+    """Where MNIST lives and how the test set is batched (all that evaluation needs)."""
+
+    data_dir: str = '${oc.env:LENET_DATA_DIR,"~/.cache/lenet-lightning"}'  # shared by all runs
+    sources: list[str] = setting(  # where missing raw files come from, in order; [] = none
+        list(SOURCES), f"a list from {list(SOURCES)}", lambda v: set(v) <= set(SOURCES)
+    )
+    eval_batch_size: int = at_least(1000, 1)  # validation and test mini-batch
+
+
+@dataclass
+class DataConfig(DataFilesConfig):
+    """``MNISTDataModule``'s arguments (``lenet_lightning/data.py``)."""
+
+    batch_size: int = at_least(100, 1)  # training mini-batch
+    val_size: int = setting(5000, "an integer from 0 to 59999", lambda v: 0 <= v <= 59_999)
+    normalize: bool = True  # standardise with MNIST's mean and std; false = raw 0-255 values
+    split_seed: int = 0  # which training images form the validation split (val_size of them)
+    augment_degrees: float = at_least(0.0, 0)  # random rotation up to +/- this many degrees
+    augment_translate: float = fraction(0.0, 0.5, high_included=True)  # shift, share of the size
+    augment_scale: float = fraction(0.0)  # zoom in or out by up to this share
 
 
 @dataclass
 class ModelConfig:
-    activation: Activation = MISSING
-    pooling: Pooling = MISSING
-    conv_size: int = rule(lambda v: v in CONV_SIZES, f"one of {list(CONV_SIZES)}")
-    batch_norm: bool = MISSING
-    lr: float = positive()
-    weight_decay: float = non_negative()
-    optimizer: Optimizer = MISSING
-    scheduler: Scheduler = MISSING
-    label_smoothing: float = rule(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
-    channels_last: bool = MISSING
+    """``LitLeNet5``'s arguments (``lenet_lightning/module.py``); the defaults are the lesson's."""
+
+    activation: str = choice("tanh", "relu")
+    pooling: str = choice("avg", "max")
+    conv_size: int = choice(5, 3)  # 3: two 3x3 convolutions in place of each 5x5 one
+    batch_norm: bool = False
+    dropout: float = fraction(0.0)  # probability, before each fully connected layer
+    lr: float = positive(1e-3)
+    weight_decay: float = at_least(0.0, 0)
+    optimizer: str = choice("adam", "adamw")
+    scheduler: str = choice("cosine", "none", "onecycle")  # per step, over the whole run
+    label_smoothing: float = fraction(0.0)
+    channels_last: bool = True  # NHWC memory layout: the same network, faster convolutions
 
 
 @dataclass
-class TrainerConfig:
-    accelerator: str = rule(lambda v: v in ACCELERATORS, f"one of {list(ACCELERATORS)}")
-    devices: Any = MISSING
-    strategy: str = MISSING
-    num_nodes: int = positive_int()
-    max_epochs: int = positive_int()
-    precision: str = rule(lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}")
-    deterministic: bool = MISSING
-    fast_dev_run: Any = MISSING
-    limit_train_batches: Any = share_of_epoch()  # Any: OmegaConf would turn 1 into 1.0
+class EvalTrainerConfig:
+    """Lightning ``Trainer`` arguments for testing; Lightning checks the first five itself."""
+
+    accelerator: str = "auto"  # auto: the GPU when there is one
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = at_least(1, 1)
+    precision: str = "32-true"
+    deterministic: bool = True  # the same seed and config give the same metrics
+    limit_test_batches: Any = share_of_epoch()  # Any: OmegaConf would turn 1 into 1.0
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class TrainerConfig(EvalTrainerConfig):
+    """Lightning ``Trainer`` arguments for training."""
+
+    max_epochs: int = at_least(10, 1)
+    fast_dev_run: Any = False  # true (or N): N batches of each stage, as a smoke test
+    limit_train_batches: Any = share_of_epoch()
     limit_val_batches: Any = share_of_epoch()
-    limit_test_batches: Any = share_of_epoch()
-    val_check_interval: Any = share_of_epoch()
-    log_every_n_steps: int = positive_int()
-    enable_progress_bar: bool = MISSING
+    val_check_interval: Any = share_of_epoch()  # validate every N batches, or each share
+    log_every_n_steps: int = at_least(50, 1)
 
 
 @dataclass
 class LoggerConfig:
-    kind: LoggerKind = MISSING
+    kind: str = choice("tensorboard", "csv", "none")
 
 
 @dataclass
 class CallbacksConfig:
-    early_stopping_patience: int | None = rule(
-        lambda v: v is None or v >= 1, "null (off) or an integer >= 1"
+    early_stopping_patience: int | None = setting(  # stop after N epochs without a better val/acc
+        None, "null (off) or an integer >= 1", lambda v: v is None or v >= 1
     )
 
 
 @dataclass
-class PathsConfig:
-    log_dir: str = MISSING
-    output_dir: str = MISSING
+class LogDirConfig:
+    log_dir: str = "outputs"  # every run writes below this folder (relative to where you start)
+
+
+@dataclass
+class PathsConfig(LogDirConfig):
+    output_dir: str | None = "${hydra:runtime.output_dir}"  # this run's own folder
 
 
 @dataclass
 class TrainConfig:
-    task_name: str = MISSING
-    seed: int = MISSING
-    ckpt_path: str | None = None
+    task_name: str = "train"
+    seed: int = 0  # seeds python, numpy and torch (Lightning's seed_everything)
+    ckpt_path: str | None = None  # a last.ckpt to resume from, or latest
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -160,20 +174,22 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    task_name: str = MISSING
-    ckpt_path: str = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task_name: str = "eval"
+    ckpt_path: str = MISSING  # a .ckpt file, or latest: the newest best checkpoint below log_dir
+    data: DataFilesConfig = field(default_factory=DataFilesConfig)
+    trainer: EvalTrainerConfig = field(default_factory=EvalTrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
 class PredictConfig:
-    task_name: str = MISSING
-    ckpt_path: str = MISSING
-    images: list[str] = rule(lambda v: len(v) > 0, "one or more image files or folders")
-    top_k: int = rule(lambda v: 1 <= v <= 10, "an integer from 1 to 10")
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "predict"
+    ckpt_path: str = MISSING  # as for lenet-eval
+    images: list[str] = setting(  # image files and/or folders
+        [], "one or more image files or folders", lambda v: len(v) > 0
+    )
+    top_k: int = setting(3, "an integer from 1 to 10", lambda v: 1 <= v <= 10)
+    paths: LogDirConfig = field(default_factory=LogDirConfig)
 
 
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig}
@@ -185,151 +201,33 @@ def register() -> None:
         ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
 
-def compose_config(
-    overrides: list[str], config_name: str = "train", return_hydra_config: bool = False
-) -> DictConfig:
-    """An app's config with overrides, composed as its CLI composes it (without running it)."""
-    register()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
+def validate(cfg: DictConfig, schema: type | None = None, prefix: str = "") -> None:
+    """Check every value against its field's rule; raise ConfigError on the first bad one.
 
-
-def validate(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> None:
-    """Check every key against the schema and its rules; raise ConfigError on the first bad one."""
+    Wrong types never get this far: Hydra refuses them while composing. Unknown keys do too,
+    except those added with ``+key=value``, which are refused here.
+    """
+    schema = schema or SCHEMAS[cfg.task_name]
     known = [f.name for f in fields(schema)]
     unknown = [k for k in cfg if k not in known and not (prefix == "" and k == "hydra")]
     if unknown:
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; allowed there: {', '.join(known)}")
     for f in fields(schema):
         key = prefix + f.name
+        if OmegaConf.is_missing(cfg, f.name):
+            raise ConfigError(f"{key} is required: give it as {key}=...")
         if is_dataclass(f.type):
             validate(cfg[f.name], f.type, key + ".")
         elif "check" in f.metadata and not f.metadata["check"](value := cfg[f.name]):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
-    accelerator = cfg.trainer.accelerator if "trainer" in known and prefix == "" else None
-    if accelerator in ("gpu", "cuda") and not _cuda_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator!r} needs a CUDA GPU and none is available: "
-            "use trainer=cpu, or trainer=default to take a GPU only when there is one"
-        )
 
 
-def resolve_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
-    """A checkpoint path as given, or for ``latest`` the newest file matching ``pattern``."""
-    if value != "latest":
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={value!r}: no such file")
-        return path
-    found = sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"ckpt_path=latest: no {pattern} below {Path(log_dir).resolve()}")
-    log.info("ckpt_path=latest: using %s", found[-1])
-    return found[-1]
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
-
-
-def check_writable(folder: str | Path) -> None:
-    """Refuse an output folder that could not be made or written, or whose disk is (nearly)
-    full. Creates nothing: it looks at the nearest folder that exists."""
-    path = Path(folder).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    problem = None
-    if not existing.is_dir():
-        problem = "Not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = "Permission denied"
-    if problem:
-        raise ConfigError(f"paths.log_dir={str(folder)!r} cannot be written: {problem}")
-    free = shutil.disk_usage(existing).free
-    if free < MIN_FREE_BYTES:
-        raise ConfigError(
-            f"paths.log_dir={str(folder)!r} has only {free // 2**20} MiB free; a run needs "
-            f"{MIN_FREE_BYTES // 2**20} MiB for its checkpoints and logs"
-        )
-
-
-def check_sweepable(config: DictConfig) -> None:
-    """Refuse a sweep of DDP runs on the basic launcher: Lightning restarts each rank with
-    ``hydra.run.dir``, which a sweep job does not use, so ranks would lose the job's folder."""
-    strategy = str(config.trainer.strategy) if "trainer" in config else ""
-    if strategy.startswith("ddp") and config.hydra.launcher._target_.endswith("BasicLauncher"):
-        raise ConfigError(
-            f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
-            "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
-        )
-
-
-class ValidateConfig(Callback):
-    """Hydra callback: refuse a bad config before a run starts, in one line with exit code 2.
-
-    Hydra turns exceptions raised in callbacks into warnings, so this exits by itself. A refused
-    sweep job leaves no folder behind (Hydra makes a job's folder just before it starts).
-    """
-
-    def __init__(self, schema: str = "train") -> None:
-        self.schema = SCHEMAS[schema]
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, sweep=True)  # the values common to every job
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, Path(config.hydra.runtime.output_dir))
-
-    def _check(self, config: DictConfig, job_dir: Path | None = None, sweep: bool = False) -> None:
-        try:
-            validate(config, self.schema)
-            check_writable(config.paths.log_dir)
-            if sweep:
-                check_sweepable(config)
-        except ConfigError as err:
-            if job_dir and {p.name for p in job_dir.iterdir()} <= {
-                ".hydra",
-                f"{config.hydra.job.name}.log",
-            }:
-                shutil.rmtree(job_dir)
-            print(f"{config.hydra.help.app_name}: error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-
-def one_line(err: BaseException) -> str:
-    """A single-line account of a config or data error, naming the key and what is allowed."""
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-        schema = cause.object_type if is_dataclass(cause.object_type) else None
-        allowed = f"; allowed there: {', '.join(f.name for f in fields(schema))}" if schema else ""
-        return f"unknown key '{cause.full_key}'{allowed}"
-    lines = [line.strip() for line in str(err).split("Config search path:")[0].splitlines()]
-    head, *rest = [line for line in lines if line] or [type(err).__name__]
-    if isinstance(cause, OmegaConfBaseException) and cause is not err:
-        rest = [cause.msg.splitlines()[0]]
-    head = head.removeprefix("Error merging override ")
-    if rest and rest[0].startswith("Available options"):
-        return f"{head}; {rest[0]} {', '.join(rest[1:])}"
-    return ": ".join([head, *rest])
-
-
-@contextmanager
-def reported_errors(prog: str) -> Iterator[None]:
-    """Turn config and data errors into one line on stderr and exit code 2 (no traceback).
-
-    Wrap both ``main`` (errors while Hydra composes the config) and the task function (errors
-    inside a job, which Hydra would otherwise announce with a line of its own).
-    """
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing
-    try:
-        yield
-    except (ConfigError, HydraException, OmegaConfBaseException, MNISTUnavailable) as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+def compose_config(
+    overrides: list[str], app: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
+    """An app's config with overrides, composed and checked as its command line does it."""
+    register()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(app, overrides, return_hydra_config=return_hydra_config)
+    validate(cfg, SCHEMAS[app])
+    return cfg

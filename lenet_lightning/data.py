@@ -17,10 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lenet_lightning.images import to_float_images
 from lenet_lightning.mnist_files import ensure_mnist
-
-MEAN, STD = 0.1307, 0.3081  # of MNIST's training pixels scaled to [0, 1]
-TRAIN_SIZE = 60_000
 
 
 def load_mnist(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
@@ -29,12 +27,6 @@ def load_mnist(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
 
     ds = MNIST(data_dir, train=train, download=False)
     return ds.data, ds.targets
-
-
-def to_float_images(images: Tensor, normalize: bool) -> Tensor:
-    """uint8 ``(N, 28, 28)`` -> float ``(N, 1, 28, 28)``: standardised, or the raw 0-255 values."""
-    x = images.unsqueeze(1).float()
-    return x.div_(255).sub_(MEAN).div_(STD) if normalize else x  # in place: one float copy
 
 
 def random_affine(images: Tensor, degrees: float, translate: float, scale: float) -> Tensor:

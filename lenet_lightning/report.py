@@ -1,30 +1,33 @@
-"""What runs leave for a person: ``metrics.json`` and ``curves.png`` per run, the pictures shown
-in TensorBoard, and ``summary.md`` / ``summary.png`` per sweep (the Hydra callback and
-``lenet-report``). Plain Python and matplotlib: no Lightning here, so it starts fast."""
+"""What runs leave for a person: ``metrics.json`` and ``curves.png`` per run, the digits shown
+in TensorBoard, and ``summary.md`` / ``summary.png`` per sweep (``lenet-report``). Plain Python
+and matplotlib's ``Figure`` (never pyplot, so a notebook's own plots are left alone): no
+Lightning here, so it starts fast."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
+from matplotlib.figure import Figure
+
+from lenet_lightning.cli import FAILED, sweep_jobs
 
 
-def summarize(history: list[dict[str, float]], test: dict[str, float]) -> dict[str, Any]:
-    """Final and best value of every logged metric (best: highest accuracy, lowest loss)."""
-    final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
-    best = {}
-    for key in final:
-        values = [row[key] for row in history if key in row and not math.isnan(row[key])]
-        if values:
-            best[key] = min(values) if key.endswith("loss") else max(values)
+def summarize(history: list[dict[str, float]], test: dict[str, float], monitor: str) -> dict:
+    """The last epoch's metrics, and the best epoch's: the first with the highest ``monitor``,
+    the epoch of the best checkpoint (which ``test`` measured)."""
+    if not history:
+        return {"final": dict(test), "best": dict(test)}
+    final = {k: v for k, v in history[-1].items() if k != "epoch"}
+    scored = [row for row in history if not math.isnan(row.get(monitor, math.nan))]
+    best = max(scored, key=lambda row: row[monitor]) if scored else history[-1]  # first of ties
     return {"final": {**final, **test}, "best": {**best, **test}}
 
 
@@ -32,10 +35,12 @@ def write_run_report(
     out_dir: Path,
     history: list[dict[str, float]],
     test: dict[str, float],
+    monitor: str,
     **facts: Any,
 ) -> dict[str, Any]:
     """Write ``metrics.json`` (and ``curves.png`` when there is a history) into ``out_dir``."""
-    report = {**summarize(history, test), "epochs": len(history), **facts, "history": history}
+    summary = summarize(history, test, monitor)
+    report = {**summary, "epochs": len(history), **facts, "history": history}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if history:
@@ -43,19 +48,10 @@ def write_run_report(
     return report
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     """Loss and accuracy per epoch, train and validation side by side (the lesson's plots)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for stage in ("train", "val"):
             key = f"{stage}/{metric}"
@@ -66,43 +62,19 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
         ax.set_title("accuracy" if metric == "acc" else "cross-entropy loss")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
-# ---- pictures for TensorBoard --------------------------------------------------------------
-
-
-def digits_figure(images: Any, titles: list[str], columns: int = 8) -> Any:
+def digits_figure(images: Any, titles: list[str], columns: int = 8) -> Figure:
     """A grid of digits, each with its title (label, or true and predicted label)."""
-    plt = _pyplot()
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.4), squeeze=False)
+    fig = Figure(figsize=(columns * 1.2, rows * 1.4), layout="tight")
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image.squeeze(0).cpu().float().numpy(), cmap="gray")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(matrix: Any) -> Any:
-    """The confusion matrix with counts, true digit down, predicted digit across."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    ax.imshow(matrix, cmap="Blues")
-    for i, row in enumerate(matrix.tolist()):
-        for j, count in enumerate(row):
-            color = "white" if i == j else "black"
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xticks(range(10))
-    ax.set_yticks(range(10))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("test confusion matrix")
-    fig.tight_layout()
     return fig
 
 
@@ -111,23 +83,48 @@ def confusion_figure(matrix: Any) -> Any:
 
 @dataclass
 class Job:
-    folder: Path
+    name: str  # the job's folder within the sweep ("3"), or "." for a single run
     overrides: dict[str, str]
-    metrics: dict[str, Any] | None  # None: the job did not finish
+    metrics: dict[str, Any] | None = None  # None: no metrics.json
+    failed: str | None = None  # why it failed, when it did
+    ran: bool = True  # False: the sweep stopped before this job started
+
+    @property
+    def best_val(self) -> float:
+        return self.metrics["best"].get("val/acc", math.nan) if self.metrics else math.nan
+
+    @property
+    def test_acc(self) -> float:
+        return self.metrics["final"].get("test/acc", math.nan) if self.metrics else math.nan
+
+    def describe(self, keys: list[str]) -> str:
+        shown = " ".join(f"{k}={self.overrides[k]}" for k in keys if k in self.overrides)
+        return f"{self.name} ({shown})" if shown else self.name
+
+
+def _pairs(overrides: list[str]) -> dict[str, str]:
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
 
 
 def find_jobs(folder: Path) -> list[Job]:
-    """Every run below ``folder`` (a folder with Hydra's ``.hydra/``), finished or not."""
-    runs = {p.parent.parent for p in folder.rglob(".hydra/config.yaml")}
-    jobs = []
-    for run in sorted(runs, key=lambda r: [int(x) if x.isdigit() else x for x in r.parts]):
+    """Every job of a sweep folder (or the run in a run folder): finished, failed, unfinished,
+    and, from the sweep's ``multirun.yaml``, those that never started."""
+    jobs = {}
+    for run in {p.parent.parent for p in folder.rglob(".hydra/config.yaml")}:
         overrides_file = run / ".hydra" / "overrides.yaml"
         pairs = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        overrides = dict(o.lstrip("+~").split("=", 1) for o in pairs or [] if "=" in o)
-        metrics_file = run / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-        jobs.append(Job(run, overrides, metrics))
-    return jobs
+        job = Job(str(run.relative_to(folder)), _pairs(pairs or []))
+        if (run / "metrics.json").exists():
+            job.metrics = json.loads((run / "metrics.json").read_text())
+        if (run / FAILED).exists():
+            job.failed = (run / FAILED).read_text().strip()
+        jobs[job.name] = job
+    multirun = folder / "multirun.yaml"
+    hydra = yaml.safe_load(multirun.read_text())["hydra"] if multirun.exists() else {}
+    if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
+        for number, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
+            jobs.setdefault(str(number), Job(str(number), _pairs(overrides), ran=False))
+    return sorted(jobs.values(), key=lambda j: [int(x) if x.isdigit() else x for x in j.name])
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -138,42 +135,64 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
 
 
-def _value(metrics: dict[str, Any], key: str) -> float | None:
-    return metrics.get("best", {}).get(key)
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def mean_and_std(values: list[float]) -> str:
+    """``mean ± sample standard deviation`` (the mean alone for one value)."""
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread}"
+
+
+def over_seeds(jobs: list[Job], keys: list[str]) -> str:
+    """A table of the finished jobs that differ only in ``seed``: per setting, the number of
+    seeds and the mean and standard deviation of best val/acc and test/acc."""
+    others = [k for k in keys if k != "seed"]
+    mean_best = lambda group: statistics.mean(j.best_val for j in group)  # noqa: E731
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.overrides.get(k, "") for k in others), []).append(job)
+    rows = [
+        [*setting, str(len(group)), mean_and_std([j.best_val for j in group]),
+         mean_and_std([j.test_acc for j in group])]
+        for setting, group in sorted(groups.items(), key=lambda g: -mean_best(g[1]))
+    ]  # fmt: skip
+    header = [*others, "seeds", "best val/acc (mean ± std)", "test/acc (mean ± std)"]
+    return table(header, rows)
 
 
 def write_sweep_summary(folder: Path) -> str:
-    """Write ``summary.md`` and ``summary.png`` into ``folder``; return the table as text."""
+    """Write ``summary.md`` and ``summary.png`` into ``folder``; return the text.
+
+    One row per finished job, best first; with ``seed`` swept, the mean and standard deviation
+    over the seeds of each setting; then the jobs that failed, did not finish or never ran.
+    """
     jobs = find_jobs(folder)
     if not jobs:
         raise FileNotFoundError(f"no runs (folders with .hydra/) below {folder}")
     keys = swept_keys(jobs)
-    done = sorted(
-        (j for j in jobs if j.metrics), key=lambda j: -(_value(j.metrics, "val/acc") or 0.0)
-    )
-    missing = [j for j in jobs if not j.metrics]
+    done = sorted((j for j in jobs if j.metrics), key=lambda j: -j.best_val)
+    rows = [
+        ["**best**" if rank == 0 else "", job.name, *[job.overrides.get(k, "") for k in keys],
+         f"{job.best_val:.4f}", f"{job.test_acc:.4f}", str(job.metrics.get("epochs", "")),
+         f"{job.metrics.get('wall_seconds', math.nan):.1f}"]
+        for rank, job in enumerate(done)
+    ]  # fmt: skip
     header = ["", "job", *keys, "best val/acc", "test/acc", "epochs", "wall s"]
-    rows = []
-    for rank, job in enumerate(done):
-        m = job.metrics
-        rows.append(
-            [
-                "**best**" if rank == 0 else "",
-                str(job.folder.relative_to(folder)) if job.folder != folder else ".",
-                *[job.overrides.get(k, "") for k in keys],
-                f"{_value(m, 'val/acc'):.4f}" if _value(m, "val/acc") is not None else "",
-                f"{m['final'].get('test/acc', float('nan')):.4f}",
-                str(m.get("epochs", "")),
-                f"{m.get('wall_seconds', float('nan')):.1f}",
-            ]
-        )
-    table = "\n".join(
-        "| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows]
-    )
-    text = f"# Sweep summary: {folder}\n\n{table}\n"
-    if missing:
-        names = ", ".join(str(j.folder.relative_to(folder)) for j in missing)
-        text += f"\nMissing (no metrics.json, the job did not finish): {names}\n"
+    text = f"# Sweep summary: {folder}\n\n{table(header, rows)}\n"
+    if "seed" in keys and done:
+        text += f"\nOver seeds (sample standard deviation):\n\n{over_seeds(done, keys)}\n"
+    for title, group in (
+        ("Failed", [j for j in jobs if j.failed]),
+        ("Missing (no metrics.json, the job did not finish)", [
+            j for j in jobs if j.ran and not j.metrics and not j.failed]),
+        ("Missing (never ran: the sweep stopped before them)", [j for j in jobs if not j.ran]),
+    ):  # fmt: skip
+        if group:
+            text += f"\n{title}: {', '.join(j.describe(keys) for j in group)}\n"
+    text += "".join(f"- job {j.name}: {j.failed}\n" for j in jobs if j.failed)
     (folder / "summary.md").write_text(text)
     if done:
         plot_sweep(done, keys, folder / "summary.png")
@@ -182,10 +201,10 @@ def write_sweep_summary(folder: Path) -> str:
 
 def plot_sweep(jobs: list[Job], keys: list[str], path: Path) -> None:
     """Best validation accuracy against the swept value, and val/acc per epoch of every job."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    label = lambda j: ", ".join(f"{k}={j.overrides.get(k, '')}" for k in keys) or j.folder.name  # noqa: E731
-    best = [_value(j.metrics, "val/acc") or float("nan") for j in jobs]
+    fig = Figure(figsize=(11, 4), layout="tight")
+    left, right = fig.subplots(1, 2)
+    label = lambda j: ", ".join(f"{k}={j.overrides.get(k, '')}" for k in keys) or j.name  # noqa: E731
+    best = [j.best_val for j in jobs]
     try:
         values = [float(j.overrides[keys[0]]) for j in jobs] if len(keys) == 1 else None
     except (KeyError, ValueError):
@@ -210,16 +229,7 @@ def plot_sweep(jobs: list[Job], keys: list[str], path: Path) -> None:
     right.set_title("val/acc per epoch")
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-class SweepSummary(HydraCallback):
-    """Hydra callback: when a multirun ends, summarise it in its folder and print the table."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print(write_sweep_summary(Path(config.hydra.sweep.dir)))
 
 
 def main(argv: list[str] | None = None) -> None:

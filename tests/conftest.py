@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import DictConfig
 
 from lenet_lightning import mnist_files
-from lenet_lightning.config import compose_config
 
 N_TRAIN, N_TEST = 400, 200
 
@@ -50,11 +48,6 @@ def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "data"
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with overrides, as ``lenet-train`` would compose it."""
-    return compose_config(overrides)
-
-
 def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
     """A quick CPU run on the synthetic files."""
     return [
@@ -70,12 +63,15 @@ def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m lenet_lightning.train ARGS`` in a fresh process."""
+def run_cli(
+    *args: str, cwd: Path, app: str = "train", timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``lenet-<app> ARGS`` (``python -m lenet_lightning.<module>``) in a fresh process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
+    module = {"eval": "evaluate", "shapes": "arithmetic"}.get(app, app)
     return subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.train", *args],
+        [sys.executable, "-m", f"lenet_lightning.{module}", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

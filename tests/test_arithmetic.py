@@ -16,7 +16,8 @@ from lenet_lightning.arithmetic import (
     padding_for,
     pooling_blocks,
 )
-from lenet_lightning.model import LeNet5, count_parameters
+from lenet_lightning.model import count_parameters
+from tests.test_model import lenet5
 
 
 def test_q1_one_neuron_of_a_16x5x5_convolution_has_401_parameters() -> None:
@@ -25,7 +26,7 @@ def test_q1_one_neuron_of_a_16x5x5_convolution_has_401_parameters() -> None:
 
 
 def test_q2_the_tensor_after_conv1_holds_4704_numbers() -> None:
-    rows = layer_table(LeNet5())
+    rows = layer_table(lenet5())
     assert rows[0].kind == "Conv2d" and rows[0].shape == (1, 6, 28, 28) and rows[0].numbers == 4704
 
 
@@ -110,7 +111,7 @@ def test_a_kernel_larger_than_the_input_is_an_error() -> None:
 
 
 def test_layer_table_totals_the_parameters() -> None:
-    model = LeNet5(conv_size=3, batch_norm=True)
+    model = lenet5(conv_size=3, batch_norm=True)
     rows = layer_table(model)
     assert sum(r.parameters for r in rows) == count_parameters(model)
     assert rows[-1].shape == (1, 10)
@@ -125,5 +126,5 @@ def test_lenet_shapes_cli() -> None:
     assert done.returncode == 0 and "BatchNorm2d" in done.stdout and "(1, 16, 5, 5)" in done.stdout
     done = subprocess.run([*run, "model.pooling=median"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith(
-        "lenet-shapes: error: model.pooling=median"
+        "lenet-shapes: error: model.pooling='median' is not allowed"
     )

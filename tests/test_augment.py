@@ -1,11 +1,13 @@
 """The on-tensor augmentation: labels intact, pixels in range, never at validation or test."""
 
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lenet_lightning.config import DataConfig
 from lenet_lightning.data import MNISTDataModule, random_affine
 
 
@@ -39,11 +41,8 @@ def test_a_shift_moves_the_digit() -> None:
 
 
 def datamodule_in(stage: str) -> MNISTDataModule:
-    augment = {"augment_degrees": 10.0, "augment_translate": 0.1, "augment_scale": 0.1}
-    dm = MNISTDataModule(
-        data_dir="unused", batch_size=4, eval_batch_size=4, val_size=0, normalize=True,
-        split_seed=0, seed=0, sources=(), **augment,
-    )  # fmt: skip
+    augment = DataConfig(augment_degrees=10.0, augment_translate=0.1, augment_scale=0.1)
+    dm = MNISTDataModule(**asdict(augment), seed=0)
     dm.trainer = SimpleNamespace(training=stage == "train")
     return dm
 

@@ -15,6 +15,8 @@ import epoch_time
 import summary
 import time_to_accuracy
 
+pytestmark = pytest.mark.slow
+
 
 def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Path, capsys) -> None:
     args = ["--quick", "--fraction", "1", "--device", "cpu", "--data-dir", str(tiny_mnist)]

@@ -1,4 +1,4 @@
-"""lenet-train as a user runs it: a subprocess, with Hydra overrides, on the real MNIST."""
+"""The command lines as a user runs them: subprocesses, with Hydra overrides."""
 
 import json
 import os
@@ -8,7 +8,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from lenet_lightning.config import ModelConfig
+from lenet_lightning.model import LeNet5
 from tests.conftest import run_cli
 
 QUICK = [
@@ -20,7 +23,7 @@ QUICK = [
 ]
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_cli_run_with_overrides(tmp_path: Path) -> None:
     done = run_cli(
         *QUICK, "seed=7", "data.batch_size=64", "model.lr=0.002", "logger=csv", cwd=tmp_path
@@ -32,33 +35,123 @@ def test_cli_run_with_overrides(tmp_path: Path) -> None:
     assert report["config"]["model"]["lr"] == 0.002
     assert (run / "csv" / "metrics.csv").exists() and (run / ".hydra" / "config.yaml").exists()
     assert (run / "train.log").exists() and (run / "curves.png").exists()
-    assert "test/acc=" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "test/acc=" in output
+    assert "Tip" not in output and "Warning" not in output  # only what concerns the user
 
 
-def test_a_data_folder_that_cannot_be_written(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("")
-    done = run_cli(f"data.data_dir={tmp_path / 'file' / 'data'}", *QUICK, cwd=tmp_path)
+REFUSED = [  # a handful through the real command line; test_config.py has the rest in-process
+    ("model.lr=-1", "model.lr=-1.0 is not allowed: expected a finite number > 0"),
+    ("trainer=tpu", "In 'train': Could not find 'trainer/tpu'; Available options in 'trainer'"),
+    ("+model.lrr=0.1", "unknown key 'model.lrr'; allowed there: activation"),
+    ("data.data_dir=/dev/null/data", "data.data_dir='/dev/null/data' cannot be written"),
+]
+if not torch.cuda.is_available():  # Lightning refuses it (test_train.py has more of its kind)
+    REFUSED.append(("trainer=gpu", "Lightning refused the trainer settings (accelerator='gpu'"))
+
+
+@pytest.mark.parametrize("override,message", REFUSED)
+def test_a_refusal_is_one_line_exit_2_and_leaves_nothing(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    done = run_cli(override, cwd=tmp_path)
     assert done.returncode == 2
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .startswith("lenet-train: error: cannot create the data folder")
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"lenet-train: error: {message}")
+    assert not list(tmp_path.iterdir())  # no run folder, no log
+
+
+def test_a_sweep_with_one_bad_value_is_refused_before_its_first_job(tmp_path: Path) -> None:
+    done = run_cli("-m", "model.lr=1e-3,-1,1e-2", "trainer.max_epochs=1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "lenet-train: error: model.lr=-1.0 is not allowed: expected a finite number > 0 "
+        "(in the job model.lr=-1 trainer.max_epochs=1)"
     )
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    done = run_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("cannot be written: Not a directory")
 
 
 def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     done = run_cli("--help", cwd=tmp_path)
     assert done.returncode == 0
     groups = ("logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu")
-    groups += ("model: lenet5", "experiment: best, fast, lenet5_modern, lenet5_relu_max")
+    groups += ("experiment: best, fast, lenet5_modern, lenet5_relu_max, lesson",)
     for line in groups:
         assert line in done.stdout
+    assert "dropout: 0.0" in done.stdout and "lenet_lightning/config.py" in done.stdout
 
 
-def test_configs_ship_inside_the_wheel(tmp_path: Path) -> None:
+def test_the_resolved_config_prints(tmp_path: Path) -> None:
+    done = run_cli("--cfg", "job", "--resolve", "model.lr=0.01", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "lr: 0.01" in done.stdout and "output_dir: null" in done.stdout
+    assert "data_dir: /" in done.stdout or "data_dir: " in done.stdout  # the interpolation resolved
+    assert "${" not in done.stdout
+
+
+def light_checkpoint(path: Path) -> Path:
+    """A checkpoint as LitLeNet5 writes it (what lenet-predict reads), without Lightning."""
+    settings = vars(ModelConfig())
+    network = LeNet5.from_settings(settings)
+    state = {f"model.{k}": v for k, v in network.state_dict().items()}
+    torch.save({"hyper_parameters": settings, "state_dict": state}, path)
+    return path
+
+
+NO_LIGHTNING = """
+import runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print("imported lightning" if "lightning" in sys.modules else "no lightning", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("lenet_lightning.train", ["--help"]),
+        ("lenet_lightning.train", ["model.lr=-1"]),
+        ("lenet_lightning.predict", ["ckpt_path=CKPT", "images=[DIGIT]"]),
+        ("lenet_lightning.report", ["."]),
+        ("lenet_lightning.arithmetic", ["model.conv_size=3"]),
+    ],
+)
+def test_commands_that_do_not_train_do_not_import_lightning(tmp_path: Path, module, args) -> None:
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    ckpt = light_checkpoint(tmp_path / "model.ckpt")
+    args = [
+        a.replace("CKPT", str(ckpt)).replace("DIGIT", str(tmp_path / "digit.png")) for a in args
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_LIGHTNING, module, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stderr.strip().splitlines()[-1] == "no lightning", done.stderr[-2000:]
+
+
+def test_configs_ship_inside_the_wheel_which_builds_without_warnings(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-    subprocess.run([*cmd, "-w", str(tmp_path), str(root)], check=True, timeout=300)
+    built = subprocess.run(
+        [*cmd, "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr
+    assert "Warning" not in built.stderr and "!!" not in built.stderr, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {str(p.relative_to(root)) for p in (root / "conf").rglob("*.yaml")}

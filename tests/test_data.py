@@ -1,27 +1,18 @@
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from lenet_lightning.data import MEAN, STD, MNISTDataModule, ResidentBatches
+from lenet_lightning.config import DataConfig
+from lenet_lightning.data import MNISTDataModule, ResidentBatches
+from lenet_lightning.images import MEAN, STD
 from tests.conftest import N_TEST, N_TRAIN
 
 
-def datamodule(data_dir: Path, **overrides) -> MNISTDataModule:
-    args = {
-        "data_dir": str(data_dir),
-        "batch_size": 32,
-        "eval_batch_size": 64,
-        "val_size": 50,
-        "normalize": True,
-        "split_seed": 0,
-        "seed": 0,
-        "sources": (),
-        "augment_degrees": 0.0,
-        "augment_translate": 0.0,
-        "augment_scale": 0.0,
-    }
-    dm = MNISTDataModule(**{**args, **overrides})
+def datamodule(data_dir: Path, seed: int = 0, **changes) -> MNISTDataModule:
+    settings = DataConfig(str(data_dir), [], batch_size=32, eval_batch_size=64, val_size=50)
+    dm = MNISTDataModule(**{**asdict(settings), **changes}, seed=seed)
     dm.prepare_data()
     dm.setup("fit")
     return dm

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lenet_lightning.config import ConfigError
-from lenet_lightning.data import load_mnist, to_float_images
-from lenet_lightning.evaluate import load_checkpoint, model_from_checkpoint
-from lenet_lightning.predict import to_mnist
-from tests.conftest import compose_train, run_cli
+from lenet_lightning.checkpoints import network_from, read_checkpoint
+from lenet_lightning.config import ConfigError, compose_config
+from lenet_lightning.data import load_mnist
+from lenet_lightning.images import to_float_images, to_mnist
+from tests.conftest import run_cli
 
-pytestmark = pytest.mark.mnist
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_eval_of_the_best_checkpoint_reproduces_the_runs_test_accuracy(trained_r
 
 
 def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
-    data_dir = Path(compose_train([]).data.data_dir).expanduser()  # where the runs keep MNIST
+    data_dir = Path(compose_config([]).data.data_dir).expanduser()  # where the runs keep MNIST
     images, _ = load_mnist(str(data_dir), train=False)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -75,7 +75,7 @@ def test_predictions_on_saved_mnist_digits_match_the_data_set(
 ) -> None:
     _, images = mnist_pngs(tmp_path / "digits", 20)
     ckpt = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
-    model = model_from_checkpoint(load_checkpoint(Path(ckpt)))
+    model = network_from(read_checkpoint(Path(ckpt)))
     with torch.inference_mode():
         expected = model(to_float_images(images, normalize=True)).argmax(1).tolist()
     done = app("predict", f"ckpt_path={ckpt}", f"images=[{tmp_path / 'digits'}]", cwd=tmp_path)
@@ -151,7 +151,7 @@ def test_a_checkpoint_that_runs_code_is_refused_and_the_code_does_not_run(tmp_pa
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": Evil()}, evil)
     with pytest.raises(ConfigError, match="refused"):
-        load_checkpoint(evil)
+        read_checkpoint(evil)
     done = app("evaluate", f"ckpt_path={evil}", cwd=tmp_path)
     assert (
         done.returncode == 2

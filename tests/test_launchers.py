@@ -27,7 +27,7 @@ def test_optuna_search_config_composes() -> None:
     assert cfg.hydra.sweeper.direction == "maximize" and "model.lr" in cfg.hydra.sweeper.params
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_optuna_search_runs_and_optimises_the_best_val_acc(tmp_path: Path) -> None:
     quick = [
         "trainer.max_epochs=1",

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from lenet_lightning.config import compose_config
 from lenet_lightning.data import MNISTDataModule
 from lenet_lightning.mnist_files import MD5, md5_of, raw_folder
 from lenet_lightning.train import train
-from tests.conftest import compose_train
 
-pytestmark = pytest.mark.mnist
+pytestmark = pytest.mark.slow
 
 
 def test_the_four_files_are_there_and_verified() -> None:
-    cfg = compose_train([])
+    cfg = compose_config([])
     dm = MNISTDataModule(**cfg.data, seed=0)
     dm.prepare_data()
     raw = raw_folder(dm.data_dir)
@@ -35,6 +35,6 @@ def test_one_epoch_of_the_default_model_reaches_97_percent(tmp_path: Path) -> No
     # reports 98.5% after one epoch. Standardised pixels learn a little slower in epoch one.
     lesson = ["data.normalize=false", "data.val_size=0"]
     quick = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
-    train(compose_train([*lesson, *quick, f"paths.output_dir={tmp_path}"]))
+    train(compose_config([*lesson, *quick, f"paths.output_dir={tmp_path}"]))
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["final"]["test/acc"] >= 0.97, report["final"]

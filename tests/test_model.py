@@ -1,13 +1,24 @@
 import itertools
+from dataclasses import asdict, fields
 
 import pytest
 import torch
 
-from lenet_lightning.model import ACTIVATIONS, CONV_SIZES, POOLINGS, LeNet5, count_parameters
+from lenet_lightning.config import ModelConfig
+from lenet_lightning.model import LeNet5, count_parameters
+
+
+def lenet5(**changes: object) -> LeNet5:
+    """The network of ModelConfig's defaults (the lesson's), with some settings changed."""
+    return LeNet5.from_settings(asdict(ModelConfig(**changes)))
+
+
+def choices(name: str) -> tuple:
+    return next(f.metadata["choices"] for f in fields(ModelConfig) if f.name == name)
 
 
 def test_default_is_the_lessons_lenet5() -> None:
-    model = LeNet5()
+    model = lenet5()
     assert count_parameters(model) == 61_706
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
@@ -15,11 +26,12 @@ def test_default_is_the_lessons_lenet5() -> None:
         (6, 16, (5, 5), (0, 0)),
     ]
     assert {type(m) for m in model.modules()} >= {torch.nn.Tanh, torch.nn.AvgPool2d}
-    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in model.modules())
+    kinds = (torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.Dropout, torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, kinds) for m in model.modules())
 
 
 def test_layer_shapes_for_a_batch() -> None:
-    model = LeNet5()
+    model = lenet5()
     x = torch.randn(7, 1, 28, 28)
     shapes = []
     for layer in model.features:
@@ -38,28 +50,38 @@ def test_layer_shapes_for_a_batch() -> None:
 
 @pytest.mark.parametrize(
     "activation,pooling,conv_size,batch_norm",
-    list(itertools.product(ACTIVATIONS, POOLINGS, CONV_SIZES, (False, True))),
+    list(itertools.product(*map(choices, ("activation", "pooling", "conv_size")), (False, True))),
 )
-def test_every_variant_gives_ten_logits(
-    activation: str, pooling: str, conv_size: int, batch_norm: bool
-) -> None:
-    model = LeNet5(activation, pooling, conv_size, batch_norm)
+def test_every_allowed_variant_gives_ten_logits(activation, pooling, conv_size, batch_norm) -> None:
+    model = lenet5(
+        activation=activation, pooling=pooling, conv_size=conv_size, batch_norm=batch_norm
+    )
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert count_parameters(model) < 100_000
 
 
 def test_three_by_three_convolutions_keep_the_feature_map_shapes() -> None:
     x = torch.randn(2, 1, 28, 28)
-    assert LeNet5(conv_size=3).features(x).shape == LeNet5().features(x).shape == (2, 16, 5, 5)
+    assert lenet5(conv_size=3).features(x).shape == lenet5().features(x).shape == (2, 16, 5, 5)
     kernels = {
-        m.kernel_size for m in LeNet5(conv_size=3).modules() if isinstance(m, torch.nn.Conv2d)
+        m.kernel_size for m in lenet5(conv_size=3).modules() if isinstance(m, torch.nn.Conv2d)
     }
     assert kernels == {(3, 3)}
 
 
-@pytest.mark.parametrize(
-    "kwargs,word", [({"activation": "sigmoid"}, "activation"), ({"conv_size": 7}, "conv_size")]
-)
-def test_unknown_option_is_refused(kwargs: dict, word: str) -> None:
-    with pytest.raises(ValueError, match=word):
-        LeNet5(**kwargs)
+def test_dropout_comes_before_each_fully_connected_layer_and_only_while_training() -> None:
+    model = lenet5(dropout=0.5)
+    layers = list(model.classifier)
+    linear = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 3
+    assert all(
+        isinstance(layers[i - 1], torch.nn.Dropout) and layers[i - 1].p == 0.5 for i in linear
+    )
+    assert count_parameters(model) == 61_706  # dropout adds no parameters
+    x = torch.randn(64, 1, 28, 28)
+    torch.manual_seed(0)
+    assert not torch.equal(model.train()(x), model(x))  # a new mask each time
+    model.eval()  # evaluation: dropout passes everything, the network of the same weights
+    plain = lenet5()
+    plain.load_state_dict(dict(zip(plain.state_dict(), model.state_dict().values(), strict=True)))
+    torch.testing.assert_close(model(x), plain.eval()(x))

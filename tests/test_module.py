@@ -1,21 +1,23 @@
 """LitLeNet5: its memory-layout option, and metrics that reach the logger once per epoch."""
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
+from lenet_lightning.config import ModelConfig, compose_config
 from lenet_lightning.module import LitLeNet5
 from lenet_lightning.train import train
-from tests.conftest import compose_train, tiny_overrides
-
-HPARAMS = dict(activation="relu", pooling="max", conv_size=5, batch_norm=True, lr=1e-3)
-HPARAMS |= dict(weight_decay=0.0, optimizer="adam", scheduler="none", label_smoothing=0.0)
+from tests.conftest import tiny_overrides
 
 
 def test_channels_last_is_the_same_network() -> None:
-    nchw = LitLeNet5(**HPARAMS, channels_last=False).eval()
-    nhwc = LitLeNet5(**HPARAMS, channels_last=True).eval()
+    settings = ModelConfig(activation="relu", pooling="max", batch_norm=True, scheduler="none")
+    nchw = LitLeNet5(**asdict(settings) | {"channels_last": False}).eval()
+    nhwc = LitLeNet5(**asdict(settings)).eval()
     nhwc.load_state_dict(nchw.state_dict())
     conv = nhwc.model.features[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -24,14 +26,22 @@ def test_channels_last_is_the_same_network() -> None:
 
 
 class Count(L.Callback):
-    """Training batches and validations (sanity check excluded) per epoch."""
+    """Training batches and validations (sanity check excluded) per epoch, and the accuracy
+    of each epoch's training batches, measured on the side."""
 
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.validations = 0
+        self.correct: list[int] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches.append(0)
+        self.correct.append(0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        x, y = batch
+        with torch.no_grad():  # before the step changes the weights: what the step sees
+            self.correct[-1] += int((pl_module(x).argmax(1) == y).sum())
 
     def on_train_batch_end(self, *args: object) -> None:
         self.batches[-1] += 1
@@ -40,7 +50,9 @@ class Count(L.Callback):
         self.validations += 0 if trainer.sanity_checking else 1
 
 
-def test_each_metric_is_logged_once_per_epoch(tiny_mnist, tmp_path: Path, monkeypatch) -> None:
+def test_each_metric_is_logged_once_per_epoch_and_holds_that_epoch_alone(
+    tiny_mnist, tmp_path: Path, monkeypatch
+) -> None:
     logged: list[str] = []
     original = LitLeNet5.log
 
@@ -50,17 +62,20 @@ def test_each_metric_is_logged_once_per_epoch(tiny_mnist, tmp_path: Path, monkey
 
     monkeypatch.setattr(LitLeNet5, "log", log)
     count = Count()
-    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "run")), callbacks=[count])
+    out = tmp_path / "run"
+    train(compose_config(tiny_overrides(tiny_mnist, out, "model.lr=0.01")), callbacks=[count])
     assert count.batches == [6, 6]  # 300 training images in batches of 50, two epochs
     assert logged.count("train/loss") == logged.count("train/acc") == 2
     assert logged.count("val/acc") == 3  # the sanity check, then each epoch
     assert logged.count("test/acc") == 1
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [row["train/acc"] for row in history] == pytest.approx([c / 300 for c in count.correct])
 
 
 def test_batch_limits_count_batches_and_validation_can_run_within_epochs(
     tiny_mnist, tmp_path: Path
 ) -> None:
-    cfg = compose_train(
+    cfg = compose_config(
         tiny_overrides(
             tiny_mnist,
             tmp_path / "run",
@@ -69,7 +84,6 @@ def test_batch_limits_count_batches_and_validation_can_run_within_epochs(
             "data.batch_size=25",
         )
     )
-    assert cfg.trainer.limit_train_batches == 1 and isinstance(cfg.trainer.limit_train_batches, int)
     count = Count()
     train(cfg, callbacks=[count])
     assert count.batches == [1, 1]

@@ -15,7 +15,7 @@ def test_notebook_is_committed_without_outputs() -> None:
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LENET_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

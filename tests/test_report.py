@@ -1,4 +1,4 @@
-"""Sweep summaries (the Hydra callback and lenet-report), and what TensorBoard receives."""
+"""Sweep summaries (the Hydra callback and lenet-report), what TensorBoard receives, resuming."""
 
 import json
 import shutil
@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lenet_lightning.config import compose_config
+from lenet_lightning.report import write_sweep_summary
 from lenet_lightning.train import train
-from tests.conftest import compose_train, run_cli, tiny_overrides
+from tests.conftest import run_cli, tiny_overrides
 
 QUICK = [
     "trainer.max_epochs=2",
@@ -37,7 +40,7 @@ def table_rows(summary: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_sweep_summary_matches_each_jobs_metrics(sweep: Path) -> None:
     summary = (sweep / "summary.md").read_text()
     rows = table_rows(summary)
@@ -54,7 +57,7 @@ def test_sweep_summary_matches_each_jobs_metrics(sweep: Path) -> None:
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.mnist
+@pytest.mark.slow
 def test_lenet_report_rebuilds_an_interrupted_sweep(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
@@ -72,6 +75,43 @@ def test_lenet_report_rebuilds_an_interrupted_sweep(sweep: Path, tmp_path: Path)
     assert summary in done.stdout + "\n"
 
 
+def fake_job(sweep: Path, name: str, overrides: list[str], val: float | None, test: float = 0):
+    """A sweep job's folder as a run leaves it (only what the summary reads)."""
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("{}")
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if val is not None:
+        metrics = {"best": {"val/acc": val}, "final": {"test/acc": test}, "epochs": 3}
+        (job / "metrics.json").write_text(json.dumps({**metrics, "wall_seconds": 1.0}))
+
+
+def test_jobs_that_differ_only_in_seed_get_a_mean_and_a_spread(tmp_path: Path) -> None:
+    results = {("0.001", "0"): 0.90, ("0.001", "1"): 0.92, ("0.01", "0"): 0.95, ("0.01", "1"): 0.99}
+    for number, ((lr, seed), val) in enumerate(results.items()):
+        fake_job(tmp_path, str(number), [f"model.lr={lr}", f"seed={seed}"], val, test=val - 0.01)
+    text = write_sweep_summary(tmp_path)
+    rows = table_rows(text.split("Over seeds")[1])
+    assert rows == [
+        ["0.01", "2", "0.9700 ± 0.0283", "0.9600 ± 0.0283"],  # best mean first
+        ["0.001", "2", "0.9100 ± 0.0141", "0.9000 ± 0.0141"],  # sample standard deviation
+    ]
+    assert len(table_rows(text.split("Over seeds")[0])) == 4
+
+
+def test_failed_and_never_run_jobs_are_listed(tmp_path: Path) -> None:
+    fake_job(tmp_path, "0", ["model.lr=0.001", "trainer.max_epochs=3"], 0.9)
+    fake_job(tmp_path, "1", ["model.lr=0.01", "trainer.max_epochs=3"], None)
+    (tmp_path / "1" / "failed.txt").write_text("loss is nan\n")
+    sweep = {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}
+    sweep["overrides"] = {"task": ["model.lr=0.001,0.01,0.1", "trainer.max_epochs=3"]}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": sweep}))
+    text = write_sweep_summary(tmp_path)
+    assert "Failed: 1 (model.lr=0.01)" in text and "- job 1: loss is nan" in text
+    assert "Missing (never ran: the sweep stopped before them): 2 (model.lr=0.1)" in text
+    assert [row[1] for row in table_rows(text)] == ["0"]
+
+
 def test_lenet_report_on_a_folder_without_runs(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lenet_lightning.report", str(tmp_path)],
@@ -86,7 +126,7 @@ def test_tensorboard_gets_hparams_samples_confusion_matrix_mistakes_and_lr(
 ) -> None:
     out = tmp_path / "run"
     overrides = ["model.scheduler=onecycle", "trainer.log_every_n_steps=1"]
-    train(compose_train(tiny_overrides(tiny_mnist, out, *overrides)))
+    train(compose_config(tiny_overrides(tiny_mnist, out, *overrides)))
     tags = {"images": set(), "scalars": set()}
     hparams_seen = False
     for events in (out / "tensorboard").glob("events.out.tfevents.*"):
@@ -108,13 +148,15 @@ def test_a_run_of_two_epochs_equals_one_epoch_resumed_for_one_more(
     tiny_mnist, tmp_path: Path
 ) -> None:
     base = ["model.scheduler=none"]  # a schedule spans the run's own max_epochs
-    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "full", *base)))
+    train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "full", *base)))
     train(
-        compose_train(tiny_overrides(tiny_mnist, tmp_path / "first", *base, "trainer.max_epochs=1"))
+        compose_config(
+            tiny_overrides(tiny_mnist, tmp_path / "first", *base, "trainer.max_epochs=1")
+        )
     )
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     train(
-        compose_train(tiny_overrides(tiny_mnist, tmp_path / "resumed", *base, f"ckpt_path={last}"))
+        compose_config(tiny_overrides(tiny_mnist, tmp_path / "resumed", *base, f"ckpt_path={last}"))
     )
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
@@ -124,8 +166,8 @@ def test_a_run_of_two_epochs_equals_one_epoch_resumed_for_one_more(
 
 def test_ckpt_path_latest_takes_the_newest_last_checkpoint(tiny_mnist, tmp_path: Path) -> None:
     base = ["model.scheduler=none", f"paths.log_dir={tmp_path}"]
-    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "a", *base, "trainer.max_epochs=1")))
-    train(compose_train(tiny_overrides(tiny_mnist, tmp_path / "b", *base, "ckpt_path=latest")))
+    train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "a", *base, "trainer.max_epochs=1")))
+    train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "b", *base, "ckpt_path=latest")))
     resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert resumed["history"][0] == first["history"][0] and resumed["epochs"] == 2

@@ -1,0 +1,208 @@
+"""What every command line shares: the Hydra entry point, the config check before anything is
+written, and refusals as one line on stderr with exit code 2 (never a traceback).
+
+``lenet-train``, ``lenet-eval`` and ``lenet-predict`` are each ``entry_point(app, task)``:
+Hydra composes ``conf/<app>.yaml`` with the command line's overrides, ``CheckConfig`` refuses a
+bad config before Hydra makes a folder (for a sweep: every job's config before the first job
+starts), then ``task(cfg)`` runs. Light on purpose: no torch or Lightning is imported here.
+"""
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from lenet_lightning.config import CONFIG_MODULE, ConfigError, register, validate
+from lenet_lightning.mnist_files import MNISTUnavailable
+
+MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
+FAILED = "failed.txt"  # in a sweep job's folder: why the job failed
+
+
+def one_line(err: BaseException) -> str:
+    """A single-line account of a refusal, naming the key and what is allowed."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        schema = cause.object_type if is_dataclass(cause.object_type) else None
+        allowed = f"; allowed there: {', '.join(f.name for f in fields(schema))}" if schema else ""
+        return f"unknown key '{cause.full_key}'{allowed}"
+    text = str(err).split("Config search path:")[0]  # Hydra appends where it looked
+    if isinstance(cause, OmegaConfBaseException) and cause is not err:
+        text = f"{text.splitlines()[0]}: {cause.msg.splitlines()[0]}"  # override; OmegaConf's why
+    lines = [line.strip() for line in text.removeprefix("Error merging override ").splitlines()]
+    head, *rest = [line for line in lines if line] or [type(err).__name__]
+    if rest and rest[0].startswith("Available options"):  # Hydra lists a group's options
+        return f"{head}; {rest[0]} {', '.join(rest[1:])}"
+    return ": ".join([head, *rest])
+
+
+@contextmanager
+def refusals_as_one_line(prog: str, job_dir: str | None = None) -> Iterator[None]:
+    """Turn a refusal into one line on stderr and exit code 2. A job folder that holds nothing
+    but what Hydra put there is removed, so a refused run leaves nothing behind."""
+    try:
+        yield
+    except (ConfigError, HydraException, OmegaConfBaseException, MNISTUnavailable) as err:
+        if job_dir:
+            remove_if_untouched(Path(job_dir))
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def remove_if_untouched(job_dir: Path) -> None:
+    """Remove a job folder that holds only Hydra's files, and the empty folders above it."""
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if not job_dir.is_dir() or {p.name for p in job_dir.iterdir()} - ours:
+        return
+    shutil.rmtree(job_dir)
+    for parent in job_dir.parents:
+        if parent == Path.cwd() or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """The console script ``lenet-<app>``: compose ``conf/<app>.yaml``, check it, run ``task``.
+
+    In a sweep, a job that fails is reported in one line and recorded in its folder
+    (``failed.txt``, which the sweep summary lists); the other jobs still run.
+    """
+    prog = f"lenet-{app}"
+
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=app)
+    def job(cfg: DictConfig) -> Any:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            with refusals_as_one_line(prog, hydra_cfg.runtime.output_dir):
+                return task(cfg)
+        try:
+            return task(cfg)
+        except Exception as err:
+            reason = one_line(err)
+            print(f"{prog}: error: job {hydra_cfg.job.num} failed: {reason}", file=sys.stderr)
+            (Path(hydra_cfg.runtime.output_dir) / FAILED).write_text(reason + "\n")
+            return None
+
+    def main() -> None:
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
+        register()
+        with refusals_as_one_line(prog):
+            job()
+
+    return main
+
+
+def trainer_from(settings: dict[str, Any], **ours: Any) -> Any:
+    """The Lightning Trainer for a command: the config's ``trainer`` settings (null: Lightning's
+    default) and ours. What Lightning refuses becomes a ConfigError, so one line."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if logging.getLogger().hasHandlers():  # Hydra's handlers print and file Lightning's messages
+        logging.getLogger("lightning").handlers.clear()
+    # Lightning's advertisements for its cloud services are not for our users:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡")
+    )
+    try:
+        return L.Trainer(**{k: v for k, v in settings.items() if v is not None}, **ours)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        given = ", ".join(f"{k}={settings[k]!r}" for k in ("accelerator", "devices", "precision"))
+        raise ConfigError(f"Lightning refused the trainer settings ({given}): {err}") from err
+
+
+def check_writable(key: str, folder: str) -> None:
+    """Refuse a folder that could not be made or written, or whose disk is (nearly) full.
+    Creates nothing: it looks at the nearest folder that exists."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = "Not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem:
+        raise ConfigError(f"{key}={folder!r} cannot be written: {problem}")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{key}={folder!r} has only {free // 2**20} MiB free; a run needs "
+            f"{MIN_FREE_BYTES // 2**20} MiB for its data, checkpoints and logs"
+        )
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper expands a sweep's command line."""
+    jobs: list[list[str]] = [[]]
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_discrete_sweep():
+            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        elif override.is_sweep_override():  # a range or interval that a search plugin samples
+            continue
+        else:
+            values = [f"{key}={override.get_value_element_as_str()}"]
+        jobs = [[*job, value] for job in jobs for value in values]
+    return jobs
+
+
+class CheckConfig(Callback):
+    """Hydra callback: refuse a bad config in one line with exit code 2, before any folder is
+    made. A sweep is checked job by job before its first job starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with refusals_as_one_line(config.hydra.help.app_name):
+            self.check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        loader = GlobalHydra.instance().config_loader()
+        with refusals_as_one_line(config.hydra.help.app_name):
+            strategy = str(config.get("trainer", {}).get("strategy", ""))
+            if strategy.startswith("ddp") and config.hydra.launcher._target_.endswith(
+                "BasicLauncher"
+            ):  # Lightning restarts each rank with hydra.run.dir, which a sweep job lacks
+                raise ConfigError(
+                    f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
+                    "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
+                )
+            for overrides in sweep_jobs(list(config.hydra.overrides.task)):
+                job = loader.load_sweep_config(config, overrides)
+                try:
+                    self.check(job)
+                except ConfigError as err:
+                    raise ConfigError(f"{err} (in the job {' '.join(overrides)})") from err
+
+    @staticmethod
+    def check(config: DictConfig) -> None:
+        validate(config)
+        check_writable("paths.log_dir", config.paths.log_dir)
+        if "data" in config:
+            check_writable("data.data_dir", config.data.data_dir)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a sweep ends, write and print its summary (``summary.md``,
+    ``summary.png``); exit with code 1 if a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from lenet_lightning.report import write_sweep_summary  # matplotlib: only when needed
+
+        folder = Path(config.hydra.sweep.dir)
+        print(write_sweep_summary(folder))
+        if any(folder.glob(f"*/{FAILED}")):
+            sys.exit(1)
