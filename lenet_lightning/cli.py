@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
@@ -115,10 +116,12 @@ def trainer_from(settings: dict[str, Any], **ours: Any) -> Any:
 
     if logging.getLogger().hasHandlers():  # Hydra's handlers print and file Lightning's messages
         logging.getLogger("lightning").handlers.clear()
-    # Lightning's advertisements for its cloud services are not for our users:
+    # Lightning's advertisements for its cloud services, and a deprecation inside Lightning 2.6
+    # itself (with recent torch), are not for our users:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not record.getMessage().startswith("💡")
     )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         return L.Trainer(**{k: v for k, v in settings.items() if v is not None}, **ours)
     except (MisconfigurationException, ValueError, TypeError) as err:
