@@ -1,5 +1,5 @@
-"""Lightning callbacks: checkpoints that survive a resume and an interruption, each epoch's
-metrics as a line and a history, and the pictures shown in TensorBoard."""
+"""Lightning callbacks: checkpoints that survive a resume and an interruption (the last one
+also keeps each epoch's metrics, printed as a line), and the pictures shown in TensorBoard."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
@@ -60,6 +60,13 @@ class ResumeAfterInterrupt(L.Callback):
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if not interrupted or not trainer.is_global_zero:
             return
+        if trainer.testing:  # training had finished: its checkpoints and metrics.json are kept
+            log.warning(
+                "Interrupted while testing; training had finished and its checkpoints are kept. "
+                "Test the best one with: lenet-eval ckpt_path=%s",
+                trainer.checkpoint_callback.best_model_path,
+            )
+            return
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         log.warning(
             "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: "
@@ -70,15 +77,18 @@ class ResumeAfterInterrupt(L.Callback):
         )
 
 
-class EpochHistory(Checkpoint):
-    """Keeps each epoch's logged metrics as plain floats and reports them in one line.
+class LastCheckpoint(ResumableCheckpoint):
+    """``last.ckpt``, written after every epoch, holding the history of every epoch's metrics
+    (so a resumed run still reports all of them); each epoch is also printed as one line.
 
-    The history travels in checkpoints, so a resumed run still reports every epoch. As a
-    ``Checkpoint`` callback, Lightning runs its ``on_train_epoch_end`` after the module's own
-    (where the training metrics are logged) and before the checkpoints that follow it.
+    Lightning runs a checkpoint callback's ``on_train_epoch_end`` after the module's own, where
+    the epoch's training metrics are logged: this one sees all of them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(
+            dirpath, "last", enable_version_counter=False, save_on_train_epoch_end=True
+        )
         self.epochs: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,11 +99,13 @@ class EpochHistory(Checkpoint):
         self.epochs.append(row)
         shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
         pl_module.print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}")  # beside the bar
+        super().on_train_epoch_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs}
+        return {**super().state_dict(), "epochs": self.epochs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         self.epochs = list(state_dict["epochs"])
 
 

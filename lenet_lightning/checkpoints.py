@@ -7,6 +7,7 @@ a file crafted to run code when unpickled is refused before any of it runs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import pickle
 from collections.abc import Iterator
@@ -23,14 +24,70 @@ def find_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
     """A checkpoint path as given, or for ``latest`` the newest file matching ``pattern``."""
     if value != "latest":
         path = Path(value).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"ckpt_path={value!r} is a folder: give a .ckpt file, or latest")
         if not path.is_file():
             raise ConfigError(f"ckpt_path={value!r}: no such file")
         return path
-    found = sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
+    found = newest_first(log_dir, pattern)
     if not found:
         raise ConfigError(f"ckpt_path=latest: no {pattern} below {Path(log_dir).resolve()}")
-    log.info("ckpt_path=latest: using %s", found[-1])
-    return found[-1]
+    log.info("ckpt_path=latest: using %s", found[0])
+    return found[0]
+
+
+def newest_first(log_dir: str | Path, pattern: str) -> list[Path]:
+    return sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def differences(ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings of ``cfg`` (model, data, seed) whose checkpoint value differs:
+    ``{key: (in the checkpoint, now)}``. Where MNIST lives is not a difference."""
+    data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    then = {f"model.{k}": v for k, v in ckpt.get("hyper_parameters", {}).items()}
+    then |= {f"data.{k}": v for k, v in data.items() if k != "seed"} | {"seed": data.get("seed")}
+    now = {f"model.{k}": v for k, v in cfg["model"].items()}
+    now |= {f"data.{k}": v for k, v in cfg["data"].items()} | {"seed": cfg["seed"]}
+    skip = {"data.data_dir", "data.sources"}
+    return {k: (then.get(k), v) for k, v in now.items() if k not in skip and then.get(k) != v}
+
+
+def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> Path:
+    """The checkpoint to resume ``cfg``'s run from: the file given, or for ``latest`` the newest
+    ``last.ckpt`` holding the same network. A different network is refused; other settings
+    that differ (the optimiser, the data) are reported."""
+    from lenet_lightning.model import LeNet5
+
+    network = {f"model.{name}" for name in inspect.signature(LeNet5).parameters}
+    if value != "latest":
+        paths = [find_checkpoint(value, log_dir, "last.ckpt")]
+    elif not (paths := newest_first(log_dir, "last.ckpt")):
+        raise ConfigError(f"ckpt_path=latest: no last.ckpt below {Path(log_dir).resolve()}")
+    problems = []
+    for path in paths:
+        try:
+            differ = differences(read_checkpoint(path), cfg)
+        except ConfigError as err:
+            if value != "latest":
+                raise
+            problems.append(str(err))
+            continue
+        if mismatch := {k: v for k, v in differ.items() if k in network}:
+            shown = ", ".join(
+                f"{k}={then!r} (this run: {now!r})" for k, (then, now) in mismatch.items()
+            )
+            problems.append(f"{path} holds another network: {shown}")
+            continue
+        for key, (then, now) in differ.items():
+            log.warning("Resuming with %s=%r; the checkpoint was trained with %r", key, now, then)
+        log.info("Resuming from %s", path)
+        return path
+    if value != "latest":
+        raise ConfigError(f"ckpt_path={value!r}: {problems[0]}")
+    raise ConfigError(
+        f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {Path(log_dir).resolve()} "
+        f"fits this run; the newest: {problems[0]}"
+    )
 
 
 @contextmanager
@@ -44,7 +101,10 @@ def reading(path: Path) -> Iterator[None]:
             "values, which could run code when loaded (only weights_only checkpoints are read)"
         ) from err
     except (OSError, RuntimeError, EOFError) as err:
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {err}") from err
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not a readable checkpoint (empty, cut short, or another "
+            f"kind of file): {str(err) or type(err).__name__}"
+        ) from err
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

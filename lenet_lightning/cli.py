@@ -52,17 +52,34 @@ def one_line(err: BaseException) -> str:
     return ": ".join([head, *rest])
 
 
+REFUSALS = (ConfigError, HydraException, OmegaConfBaseException, MNISTUnavailable, OSError)
+
+
 @contextmanager
 def refusals_as_one_line(prog: str, job_dir: str | None = None) -> Iterator[None]:
-    """Turn a refusal into one line on stderr and exit code 2. A job folder that holds nothing
-    but what Hydra put there is removed, so a refused run leaves nothing behind."""
+    """Turn a refusal of the user's input (a setting, a file) into one line on stderr and exit
+    code 2. A job folder that holds nothing but what Hydra put there is removed, so a refused
+    run leaves nothing behind."""
     try:
         yield
-    except (ConfigError, HydraException, OmegaConfBaseException, MNISTUnavailable) as err:
+    except REFUSALS as err:
         if job_dir:
             remove_if_untouched(Path(job_dir))
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextmanager
+def failures_as_one_line(prog: str) -> Iterator[None]:
+    """Any other error, one line too, with exit code 1 (``LENET_DEBUG=1``: the traceback)."""
+    try:
+        yield
+    except Exception as err:
+        if os.environ.get("LENET_DEBUG"):
+            raise
+        kind = f"{type(err).__name__}: " if type(err).__module__ == "builtins" else ""
+        print(f"{prog}: error: {kind}{one_line(err)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def remove_if_untouched(job_dir: Path) -> None:
@@ -88,8 +105,11 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=app)
     def job(cfg: DictConfig) -> Any:
         hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            with refusals_as_one_line(prog, hydra_cfg.runtime.output_dir):
+        if hydra_cfg.mode != RunMode.MULTIRUN:  # errors exit here, before Hydra reports them
+            with (
+                failures_as_one_line(prog),
+                refusals_as_one_line(prog, hydra_cfg.runtime.output_dir),
+            ):
                 return task(cfg)
         try:
             return task(cfg)
@@ -102,7 +122,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
         register()
-        with refusals_as_one_line(prog):
+        with failures_as_one_line(prog), refusals_as_one_line(prog):
             job()
 
     return main
@@ -122,6 +142,8 @@ def trainer_from(settings: dict[str, Any], **ours: Any) -> Any:
         lambda record: not record.getMessage().startswith("💡")
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # ... nor Lightning's advice on step logging: our metrics are logged once per epoch.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
     try:
         return L.Trainer(**{k: v for k, v in settings.items() if v is not None}, **ours)
     except (MisconfigurationException, ValueError, TypeError) as err:

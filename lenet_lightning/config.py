@@ -162,7 +162,9 @@ class PathsConfig(LogDirConfig):
 @dataclass
 class TrainConfig:
     task_name: str = "train"
-    seed: int = 0  # seeds python, numpy and torch (Lightning's seed_everything)
+    seed: int = setting(  # seeds python, numpy and torch (Lightning's seed_everything)
+        0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32
+    )
     ckpt_path: str | None = None  # a last.ckpt to resume from, or latest
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -216,6 +218,8 @@ def validate(cfg: DictConfig, schema: type | None = None, prefix: str = "") -> N
         key = prefix + f.name
         if OmegaConf.is_missing(cfg, f.name):
             raise ConfigError(f"{key} is required: give it as {key}=...")
+        if f.name not in cfg:
+            raise ConfigError(f"{key} was deleted (~{key}), but every run needs it")
         if is_dataclass(f.type):
             validate(cfg[f.name], f.type, key + ".")
         elif "check" in f.metadata and not f.metadata["check"](value := cfg[f.name]):

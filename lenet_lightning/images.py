@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 MEAN, STD = 0.1307, 0.3081  # of MNIST's training pixels scaled to [0, 1]
@@ -31,12 +31,17 @@ def to_float_images(images: Tensor, normalize: bool) -> Tensor:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Open an image, refusing non-images and decompression bombs with a clear error."""
+    """Open an image upright (as a phone's EXIF orientation says), refusing non-images,
+    anything but a regular file (a pipe would wait forever) and decompression bombs."""
+    if not path.is_file():
+        problem = "no such file" if not path.exists() else "not a regular file"
+        raise ImageError(f"{path}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             image.load()
+            image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path}: refused, too many pixels to be a digit image ({err})") from err
     except UnidentifiedImageError as err:
@@ -52,7 +57,11 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image)  # transparent drawing: paper is white
-    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    if image.mode.startswith(("I", "F")):  # 16- or 32-bit grayscale: PIL's "L" would clip it
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels *= 255 / max(pixels.max(), 255)
+    else:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if np.median(border) > 127:  # dark ink on light paper: MNIST is light on dark
         pixels, border = 255 - pixels, 255 - border

@@ -24,6 +24,10 @@ MONITOR = "val/acc"  # what checkpointing and early stopping watch; higher is be
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
+class Diverged(RuntimeError):
+    """The training loss is no longer a finite number; nothing of that epoch is kept."""
+
+
 class Mistakes(Metric):
     """The first ``limit`` misclassified images with their labels and predictions (all ranks)."""
 
@@ -74,7 +78,8 @@ class LitLeNet5(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = LeNet5(**network).to(memory_format=self.memory_format)
         accuracy = lambda: MulticlassAccuracy(10, average="micro", validate_args=False)  # noqa: E731
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        mean = lambda: MeanMetric(nan_strategy="disable")  # noqa: E731 - keep a nan; no host sync
+        self.train_loss, self.val_loss, self.test_loss = mean(), mean(), mean()
         self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
         self.val_acc_best = MaxMetric()
         self.test_confusion = MulticlassConfusionMatrix(10, validate_args=False)
@@ -92,6 +97,13 @@ class LitLeNet5(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        loss = self.train_loss.compute()  # before any checkpoint of this epoch is written
+        if not torch.isfinite(loss):
+            raise Diverged(
+                f"the training loss became {loss.item()} in epoch {self.current_epoch + 1}: "
+                f"training diverged. Lower model.lr (now {self.hparams.lr:g}); standardised "
+                "inputs (data.normalize=true) and a schedule (model.scheduler) help too"
+            )
         self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def image_files(paths: list[str]) -> list[Path]:
-    """The files named, with the images inside any folder named (sorted)."""
+    """The paths named, with the entries inside any folder named that look like images."""
     files: list[Path] = []
     for name in paths:
         path = Path(name).expanduser()
@@ -46,7 +46,11 @@ def predict(cfg: DictConfig) -> tuple[list[Prediction], list[str]]:
     network = network_from(ckpt)
     normalize = ckpt.get("datamodule_hyper_parameters", {}).get("normalize", True)
     predictions, errors = [], []
-    for file in image_files(c["images"]):
+    files = image_files(c["images"])
+    if not files:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        errors.append(f"no images found in {', '.join(c['images'])} (looked for {kinds})")
+    for file in files:
         try:
             digit = to_mnist(read_image(file))
         except ImageError as err:

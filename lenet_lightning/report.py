@@ -31,6 +31,19 @@ def summarize(history: list[dict[str, float]], test: dict[str, float], monitor: 
     return {"final": {**final, **test}, "best": {**best, **test}}
 
 
+def strict_json(data: Any) -> str:
+    """JSON that every reader accepts: a NaN or an infinity is written as null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return json.dumps(clean(data), indent=2, allow_nan=False)
+
+
 def write_run_report(
     out_dir: Path,
     history: list[dict[str, float]],
@@ -42,7 +55,7 @@ def write_run_report(
     summary = summarize(history, test, monitor)
     report = {**summary, "epochs": len(history), **facts, "history": history}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(strict_json(report) + "\n")
     if history:
         plot_curves(history, out_dir / "curves.png")
     return report
@@ -173,7 +186,7 @@ def write_sweep_summary(folder: Path) -> str:
     if not jobs:
         raise FileNotFoundError(f"no runs (folders with .hydra/) below {folder}")
     keys = swept_keys(jobs)
-    done = sorted((j for j in jobs if j.metrics), key=lambda j: -j.best_val)
+    done = sorted((j for j in jobs if j.metrics and not j.failed), key=lambda j: -j.best_val)
     rows = [
         ["**best**" if rank == 0 else "", job.name, *[job.overrides.get(k, "") for k in keys],
          f"{job.best_val:.4f}", f"{job.test_acc:.4f}", str(job.metrics.get("epochs", "")),

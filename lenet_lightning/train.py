@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpoints import find_checkpoint
+from lenet_lightning.checkpoints import resume_checkpoint
 from lenet_lightning.cli import entry_point, trainer_from
 from lenet_lightning.report import write_run_report
 
@@ -35,40 +35,37 @@ def train(
     ``callbacks`` join the run's own; ``datamodule`` replaces the one ``cfg.data`` describes.
     The benchmarks use both to time this very path, and to feed it another data pipeline.
     """
-    # torch and Lightning take seconds to import: only a run that passed the checks pays for it.
+    c = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = c["ckpt_path"] and resume_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], c)
+    # Lightning takes seconds to import: only a run that passed the checks pays for it.
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lenet_lightning.callbacks import (
-        EpochHistory,
+        LastCheckpoint,
         ResumableCheckpoint,
         ResumeAfterInterrupt,
         TensorBoardPictures,
     )
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.model import count_parameters
-    from lenet_lightning.module import MONITOR, LitLeNet5
+    from lenet_lightning.module import MONITOR, Diverged, LitLeNet5
 
-    c = OmegaConf.to_container(cfg, resolve=True)
     out_dir = Path(c["paths"]["output_dir"])
-    ckpt_path = c["ckpt_path"] and find_checkpoint(
-        c["ckpt_path"], c["paths"]["log_dir"], "last.ckpt"
-    )
-    history = EpochHistory()
-    checkpoint_args = {"dirpath": out_dir / "checkpoints", "save_on_train_epoch_end": True}
+    # Every epoch: the checkpoint to resume from, and the history of every epoch's metrics.
+    last = LastCheckpoint(out_dir / "checkpoints")
     best = ResumableCheckpoint(
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
+        last.dirpath,
+        "best-epoch{epoch:03d}",
         monitor=MONITOR,
         mode="max",
-        **checkpoint_args,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
     )
-    # Every epoch (after EpochHistory has recorded it): the one to resume from.
-    last = ResumableCheckpoint(filename="last", enable_version_counter=False, **checkpoint_args)
     interrupt = ResumeAfterInterrupt(Path(last.format_checkpoint_name({})))
-    run_callbacks = [history, best, last, interrupt, TensorBoardPictures()]
+    run_callbacks = [best, last, interrupt, TensorBoardPictures()]  # last.ckpt: best's state too
     if patience := c["callbacks"]["early_stopping_patience"]:
         run_callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     logger = {
@@ -92,35 +89,39 @@ def train(
         datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
     log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
 
+    facts = {"parameters": count_parameters(module), "device": str(trainer.strategy.root_device)}
+
+    def report(epochs: list[dict], test: dict[str, float], **more: object) -> None:
+        if trainer.is_global_zero:
+            write_run_report(out_dir, epochs, test, MONITOR, **facts, **more, config=c)
+
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Diverged as err:  # written: the good epochs; kept: the last good checkpoint
+        report(last.epochs, {}, stopped=str(err))
+        raise Diverged(f"{err}. The last good checkpoint: {interrupt.last_checkpoint}") from None
     except SIGTERMException:  # Lightning stopped cleanly; a stopped job exits non-zero
         sys.exit(143)
-    fit_seconds = time.perf_counter() - start
-    epochs = list(history.epochs)  # testing from a checkpoint restores the callbacks' state too
-    best_path = best.best_model_path or None  # none after fast_dev_run: test as trained
-    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    epochs = list(last.epochs)  # testing from a checkpoint restores the callbacks' state too
+    paths = {
+        "fit_seconds": round(time.perf_counter() - start, 2),
+        "best_checkpoint": best.best_model_path or None,  # none after fast_dev_run
+        "last_checkpoint": last.best_model_path or None,
+    }
+    report(epochs, {}, **paths)  # what is known if testing is interrupted
+    (test,) = trainer.test(
+        module, datamodule=datamodule, ckpt_path=paths["best_checkpoint"], weights_only=True
+    )
     best_val = float(best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0))
     if isinstance(logger, TensorBoardLogger):  # the HParams tab: settings beside their results
         hparams = {**flat(c["model"], "model."), **flat(c["data"], "data."), "seed": c["seed"]}
         results = {"hparams/val_acc_best": best_val, "hparams/test_acc": test["test/acc"]}
         logger.log_hyperparams(hparams, results)
+    wall = round(time.perf_counter() - start, 2)
+    confusion = module.confusion.tolist()  # true digit down, predicted across
+    report(epochs, test, **paths, wall_seconds=wall, confusion_matrix=confusion)
     if trainer.is_global_zero:
-        write_run_report(
-            out_dir,
-            epochs,
-            test,
-            MONITOR,
-            fit_seconds=round(fit_seconds, 2),
-            wall_seconds=round(time.perf_counter() - start, 2),
-            parameters=count_parameters(module),
-            best_checkpoint=best_path,
-            last_checkpoint=last.best_model_path or None,
-            device=str(trainer.strategy.root_device),
-            confusion_matrix=module.confusion.tolist(),  # true digit down, predicted across
-            config=c,
-        )
         log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
     return best_val
 

@@ -71,6 +71,25 @@ def test_a_sweep_with_one_bad_value_is_refused_before_its_first_job(tmp_path: Pa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("hydra.run.dir={tmp}/a-file/run", "[Errno 20] Not a directory: '{tmp}/a-file/run'"),
+        ("data.sources=[] data.data_dir={tmp}/empty", "could not get MNIST file(s) ["),
+        ("ckpt_path=latest", "ckpt_path=latest: no last.ckpt below {tmp}/outputs"),
+        ("ckpt_path={tmp}", "ckpt_path='{tmp}' is a folder: give a .ckpt file, or latest"),
+    ],
+)
+def test_a_run_refused_by_what_is_on_disk_leaves_nothing(tmp_path: Path, override, message) -> None:
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "empty").mkdir()
+    done = run_cli(*override.format(tmp=tmp_path).split(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"lenet-train: error: {message.format(tmp=tmp_path)}")
+    assert done.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     done = run_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)

@@ -66,6 +66,9 @@ BAD_INPUTS = [  # override, what the one line must say
     ("model=resnet", "model=resnet"),
     ("callbacks.early_stopping_patience=0", "callbacks.early_stopping_patience=0 is not allowed"),
     ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("seed=-1", "seed=-1 is not allowed: expected an integer from 0 to 4294967295"),
+    ("~data", "data was deleted (~data), but every run needs it"),
+    ("~model.lr", "~model.lr: ModelConfig (DictConfig) does not support deletion"),
 ]
 
 

@@ -100,18 +100,39 @@ def test_a_data_folder_that_cannot_be_made_is_reported(tmp_path: Path) -> None:
         ensure_mnist(blocker / "data", sources=())
 
 
-def test_verification_is_cached_but_sees_a_changed_file(tiny_mnist, monkeypatch) -> None:
+def test_a_flipped_byte_is_caught_even_when_size_and_mtime_are_unchanged(tiny_mnist) -> None:
     ensure_mnist(tiny_mnist, sources=())
-    hashed: list[Path] = []
-    real_md5 = mnist_files.md5_of
-    monkeypatch.setattr(mnist_files, "md5_of", lambda p: hashed.append(p) or real_md5(p))
-    ensure_mnist(tiny_mnist, sources=())
-    assert hashed == []  # unchanged files are not read again
     path = raw_folder(tiny_mnist) / "t10k-labels-idx1-ubyte"
-    path.write_bytes(path.read_bytes()[:-5])  # truncated
-    with pytest.raises(MNISTUnavailable):
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one label changed: bit rot, or a careless copy
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as `touch -r` would
+    with pytest.raises(MNISTUnavailable, match="t10k-labels-idx1-ubyte"):
         ensure_mnist(tiny_mnist, sources=())
-    assert (path.parent / (path.name + ".corrupt")).exists()
+    assert (path.parent / (path.name + ".corrupt")).read_bytes() == bytes(data)
+
+
+def test_a_folder_in_place_of_a_file_is_moved_aside_and_fetched(tiny_mnist, monkeypatch) -> None:
+    path = raw_folder(tiny_mnist) / "train-labels-idx1-ubyte"
+    good = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    calls: list[str] = []
+    monkeypatch.setitem(
+        mnist_files.SOURCES, "torchvision", fake_source({path.name: good}, calls, "tv")
+    )
+    ensure_mnist(tiny_mnist, sources=["torchvision"])
+    assert path.read_bytes() == good and (path.parent / (path.name + ".corrupt")).is_dir()
+
+
+def test_a_killed_fetch_leaves_nothing_behind_after_the_next_start(tiny_mnist) -> None:
+    raw = raw_folder(tiny_mnist)
+    stale = raw / ".fetch-abc123"  # as `kill -9` leaves a download folder
+    stale.mkdir()
+    (stale / "train-images-idx3-ubyte.gz").write_bytes(b"x" * 1000)
+    ensure_mnist(tiny_mnist, sources=())
+    assert not list(raw.glob(".fetch-*"))
 
 
 def test_pickle_rebuild_gives_back_the_original_bytes(tmp_path: Path) -> None:

@@ -105,3 +105,16 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     # The test metrics count every rank's images: 2 batches of 1,000 on each of 2 ranks.
     assert sum(map(sum, ddp["confusion_matrix"])) == 2 * sum(map(sum, single["confusion_matrix"]))
     assert sum(map(sum, single["confusion_matrix"])) == 2000
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_mid_sweep_is_listed_and_the_others_still_run(tmp_path: Path) -> None:
+    diverge = ["model.activation=relu", "data.normalize=false", "model.scheduler=none"]
+    done = run_cli("-m", "model.lr=1e30,1e-3", *diverge, *QUICK, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "lenet-train: error: job 0 failed: the training loss became nan in epoch 1" in done.stderr
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    summary = (sweep / "summary.md").read_text()
+    assert "Failed: 0 (model.lr=1e+30)" in summary
+    assert "- job 0: the training loss became nan in epoch 1" in summary
+    assert "| **best** | 1 | 0.001 |" in summary  # the next job ran

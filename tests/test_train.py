@@ -4,11 +4,14 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from lenet_lightning.cli import one_line
 from lenet_lightning.config import ConfigError, compose_config
+from lenet_lightning.module import Diverged
+from lenet_lightning.report import strict_json
 from lenet_lightning.train import train
 from tests.conftest import tiny_overrides
 
@@ -41,7 +44,10 @@ def test_a_short_run_writes_its_report_checkpoints_and_events(tiny_mnist, tmp_pa
     # Checkpoints hold plain values only: they load with weights_only=True.
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["activation"] == "tanh"
-    assert ckpt["callbacks"]["EpochHistory"]["epochs"] == report["history"]
+    assert (
+        next(v["epochs"] for k, v in ckpt["callbacks"].items() if k.startswith("LastCheckpoint"))
+        == report["history"]
+    )
 
 
 def test_best_is_the_epoch_of_the_best_checkpoint(tiny_mnist, tmp_path: Path) -> None:
@@ -101,6 +107,7 @@ def test_dropout_trains_and_travels_in_the_checkpoint(tiny_mnist, tmp_path: Path
          "`Trainer(devices=0)` value is not a valid input using cpu accelerator."),
         ("trainer.precision=8", "(accelerator='cpu', devices=1, precision='8'): Precision '8' is "
          "invalid. Allowed precision values: ("),
+        ("trainer.accelerator=mps", "`MPSAccelerator` can not run on your system"),
         ("trainer.strategy=nope", "You selected an invalid strategy name: `strategy='nope'`"),
     ],
 )  # fmt: skip
@@ -126,3 +133,106 @@ def test_every_experiment_trains_for_fast_dev_run(tiny_mnist, tmp_path: Path, ex
     train(compose_config([*overrides, "data.val_size=100"]))
     report = json.loads((out / "metrics.json").read_text())
     assert report["parameters"] < 100_000 and "test/acc" in report["final"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    lr = ["model.activation=relu", "model.lr=1e30", "data.normalize=false", "model.scheduler=none"]
+    with pytest.raises(Diverged) as stopped:
+        train(compose_config(tiny_overrides(tiny_mnist, out, *lr)))
+    assert one_line(stopped.value).startswith(
+        "the training loss became nan in epoch 1: training diverged. Lower model.lr (now 1e+30)"
+    )
+    assert f"The last good checkpoint: {out / 'checkpoints' / 'last.ckpt'}" in str(stopped.value)
+    report = json.loads(
+        (out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}")
+    )
+    assert report["history"] == [] and report["stopped"].startswith("the training loss became")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]  # no nan "best"
+    weights = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_metrics_json_is_strict_json() -> None:
+    text = strict_json({"loss": float("nan"), "history": [{"acc": float("inf")}, {"acc": 0.5}]})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "loss": None,
+        "history": [{"acc": None}, {"acc": 0.5}],
+    }
+
+
+@pytest.fixture
+def first_run(tiny_mnist, tmp_path: Path) -> Path:
+    """One epoch, the default network: its last.ckpt to resume from."""
+    train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "first", "trainer.max_epochs=1")))
+    return tmp_path / "first" / "checkpoints" / "last.ckpt"
+
+
+def resume(tiny_mnist, tmp_path: Path, ckpt: str, *more: str) -> None:
+    base = [f"paths.log_dir={tmp_path}", f"ckpt_path={ckpt}", *more]
+    train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "resumed", *base)))
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "is not a readable checkpoint (empty, cut short, or another kind of file): EOFError"),
+        (None, "is not a readable checkpoint (empty, cut short, or another kind of file): "),
+    ],
+)
+def test_an_empty_or_truncated_checkpoint_is_refused_in_one_line(
+    tiny_mnist, tmp_path: Path, first_run: Path, content: bytes | None, message: str
+) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(first_run.read_bytes()[:5000] if content is None else content)
+    with pytest.raises(ConfigError) as refused:
+        resume(tiny_mnist, tmp_path, str(bad))
+    assert one_line(refused.value).startswith(f"ckpt_path='{bad}' {message}")
+
+
+def test_a_checkpoint_of_another_network_is_refused_naming_what_differs(
+    tiny_mnist, tmp_path: Path, first_run: Path
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        resume(tiny_mnist, tmp_path, str(first_run), "model.conv_size=3", "model.batch_norm=true")
+    assert one_line(refused.value) == (
+        f"ckpt_path='{first_run}': {first_run} holds another network: model.conv_size=5 "
+        "(this run: 3), model.batch_norm=False (this run: True)"
+    )
+    with pytest.raises(ConfigError, match=r"ckpt_path=latest: none of the 1 last\.ckpt below"):
+        resume(tiny_mnist, tmp_path, "latest", "model.conv_size=3")
+
+
+def test_latest_takes_the_newest_checkpoint_that_fits_and_names_what_else_differs(
+    tiny_mnist, tmp_path: Path, first_run: Path, caplog
+) -> None:
+    other = tiny_overrides(
+        tiny_mnist, tmp_path / "newer", "trainer.max_epochs=1", "model.conv_size=3"
+    )
+    train(compose_config(other))  # newer, but another network
+    with caplog.at_level("INFO", logger="lenet_lightning"):
+        resume(tiny_mnist, tmp_path, "latest", "model.lr=0.01", "data.batch_size=25")
+    assert f"Resuming from {first_run}" in caplog.text
+    assert "Resuming with model.lr=0.01; the checkpoint was trained with 0.001" in caplog.text
+    assert "Resuming with data.batch_size=25; the checkpoint was trained with 50" in caplog.text
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epochs"] == 2
+
+
+class InterruptTesting(L.Callback):
+    def on_test_batch_start(self, *args: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the best checkpoint is tested
+
+
+def test_ctrl_c_while_testing_says_so_and_keeps_what_training_found(
+    tiny_mnist, tmp_path: Path, caplog
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit), caplog.at_level("WARNING"):
+        train(compose_config(tiny_overrides(tiny_mnist, out)), callbacks=[InterruptTesting()])
+    assert "Interrupted while testing; training had finished" in caplog.text
+    assert "Interrupted in epoch" not in caplog.text
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["epochs"] == 2 and "test/acc" not in report["final"]
+    assert report["best_checkpoint"].endswith(".ckpt")

@@ -1,0 +1,86 @@
+"""lenet-predict on pictures as people make them, with a checkpoint written without training."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from lenet_lightning.config import compose_config
+from lenet_lightning.images import ImageError, read_image, to_mnist
+from lenet_lightning.predict import predict, predict_and_print
+from tests.test_cli import light_checkpoint
+
+
+def seven(size: int = 280) -> Image.Image:
+    """A "7" in dark ink on white paper, upright."""
+    image = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(image)
+    draw.line([(60, 50), (220, 50), (110, 240)], fill=0, width=24)
+    return image
+
+
+def run_predict(tmp_path: Path, *images: Path | str):
+    ckpt = light_checkpoint(tmp_path / "model.ckpt")
+    return predict(
+        compose_config([f"ckpt_path={ckpt}", f"images=[{','.join(map(str, images))}]"], "predict")
+    )
+
+
+def test_a_photo_with_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    upright = to_mnist(seven())
+    for orientation, turn in {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}.items():
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # how a phone marks a picture taken sideways
+        path = tmp_path / f"sideways-{orientation}.jpg"
+        seven().transpose(turn).save(path, exif=exif, quality=95)
+        read = to_mnist(read_image(path))
+        assert np.abs(read.astype(int) - upright.astype(int)).mean() < 8  # JPEG noise only
+        assert np.abs(to_mnist(Image.open(path)).astype(int) - upright.astype(int)).mean() > 20
+
+
+def test_a_16_bit_grayscale_png_keeps_its_digit(tmp_path: Path) -> None:
+    eight_bit = np.asarray(seven(), dtype=np.uint16)
+    path = tmp_path / "scan16.png"
+    Image.fromarray(eight_bit * 257).save(path)  # 16-bit: white paper is 65535
+    assert read_image(path).mode.startswith("I")
+    np.testing.assert_array_equal(to_mnist(read_image(path)), to_mnist(seven()))
+
+
+def test_a_pipe_among_the_images_is_refused_without_waiting(tmp_path: Path) -> None:
+    seven().save(tmp_path / "seven.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer forever
+    predictions, errors = run_predict(tmp_path, tmp_path)
+    assert [p.path.name for p in predictions] == ["seven.png"]
+    assert errors == [f"{tmp_path / 'pipe.png'}: not a regular file"]
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(tmp_path / "pipe.png")
+
+
+def test_an_empty_folder_says_no_images_were_found(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    predictions, errors = run_predict(tmp_path, tmp_path / "empty")
+    assert predictions == [] and errors[0].startswith(f"no images found in {tmp_path / 'empty'}")
+    ckpt = light_checkpoint(tmp_path / "model.ckpt")
+    cfg = compose_config([f"ckpt_path={ckpt}", f"images=[{tmp_path / 'empty'}]"], "predict")
+    with pytest.raises(SystemExit) as stopped:
+        predict_and_print(cfg)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.startswith("lenet-predict: error: no images found in")
+
+
+def test_a_missing_file_is_one_error_line(tmp_path: Path) -> None:
+    predictions, errors = run_predict(tmp_path, tmp_path / "nope.png")
+    assert predictions == [] and errors == [f"{tmp_path / 'nope.png'}: no such file"]
+
+
+def test_probabilities_are_a_distribution_over_the_ten_digits(tmp_path: Path) -> None:
+    seven().save(tmp_path / "seven.png")
+    (prediction,), _ = run_predict(tmp_path, tmp_path / "seven.png")
+    assert len(prediction.top) == 3 and prediction.digit == prediction.top[0][0]
+    probabilities = [p for _, p in prediction.top]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert torch.tensor(probabilities).min() >= 0
