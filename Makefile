@@ -1,16 +1,17 @@
-# make setup | make train [ARGS="hydra overrides"] | make test | make lint | make bench[-quick]
+# make setup | make train [ARGS="hydra overrides"] | make test | make lint | make bench[-quick] | make notebook
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup train test lint bench bench-quick
+.PHONY: setup train test lint bench bench-quick notebook
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# PYTHONWARNINGS: setuptools' notes on how editable installs work are not for users.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -32,3 +33,7 @@ bench: setup  # epoch time A/B/C, then time to 99%: about 20 minutes on a 2-core
 bench-quick: setup  # both in quick mode (a tenth of the data, one seed): under 2 minutes
 	$(BIN)/python benchmarks/epoch_time.py --quick
 	$(BIN)/python benchmarks/time_to_accuracy.py --quick
+
+notebook: setup  # Jupyter Lab on the lesson retold (installs the notebook extra first)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e ".[notebook]"
+	$(BIN)/jupyter lab notebooks/lenet5_mnist.ipynb

@@ -4,6 +4,7 @@ also keeps each epoch's metrics, printed as a line), and the pictures shown in T
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,29 @@ from lenet_lightning.report import digits_figure
 log = logging.getLogger(__name__)
 
 
+class Diverged(RuntimeError):
+    """The training loss is no longer a finite number; nothing of that epoch is kept."""
+
+
 class ResumableCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that keeps its record (best score, files) across a resume.
+    """A ModelCheckpoint that never saves a diverged epoch, and keeps its record (best score,
+    files) across a resume.
 
     A resumed run writes into a new folder, and Lightning forgets the best score when the
     folder changes: the first epoch after a resume would count as the best whatever its score.
     Here the score, and the file it came from, carry over. Lightning only ever deletes
     checkpoints inside the current run's folder, so the earlier run's files stay.
     """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = float(trainer.callback_metrics.get("train/loss", 0.0))
+        if not math.isfinite(loss):  # stop before this epoch's weights are written anywhere
+            raise Diverged(
+                f"the training loss became {loss} in epoch {trainer.current_epoch + 1}: "
+                f"training diverged. Lower model.lr (now {pl_module.hparams.lr:g}); "
+                "standardised inputs (data.normalize=true) and a schedule (model.scheduler) help"
+            )
+        super().on_train_epoch_end(trainer, pl_module)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:

@@ -1,10 +1,12 @@
 """What every command line shares: the Hydra entry point, the config check before anything is
-written, and refusals as one line on stderr with exit code 2 (never a traceback).
+written, errors as one line on stderr (never a traceback), and the Trainer built from settings.
 
-``lenet-train``, ``lenet-eval`` and ``lenet-predict`` are each ``entry_point(app, task)``:
-Hydra composes ``conf/<app>.yaml`` with the command line's overrides, ``CheckConfig`` refuses a
-bad config before Hydra makes a folder (for a sweep: every job's config before the first job
-starts), then ``task(cfg)`` runs. Light on purpose: no torch or Lightning is imported here.
+``lenet-train``, ``lenet-eval``, ``lenet-predict`` and ``lenet-demo`` are each
+``entry_point(app, task)``: Hydra composes ``conf/<app>.yaml`` with the command line's
+overrides, ``CheckConfig`` refuses a bad config before Hydra makes a folder (for a sweep: every
+job's config before the first job starts), then ``task(cfg)`` runs. A refusal of the user's
+input exits with code 2, any other failure with 1. Light on purpose: Lightning is imported
+only inside ``trainer_from``.
 """
 
 import logging
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -173,8 +176,14 @@ def check_writable(key: str, folder: str) -> None:
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """Each job's overrides, as Hydra's basic sweeper expands a sweep's command line."""
+    hydra = GlobalHydra.instance()
+    if not hydra.is_initialized():  # outside a Hydra app: glob(...) needs the configs
+        register()
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return sweep_jobs(overrides)
     jobs: list[list[str]] = [[]]
-    for override in OverridesParser.create().parse_overrides(overrides):
+    parser = OverridesParser.create(config_loader=hydra.config_loader())
+    for override in parser.parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_discrete_sweep():
             values = [f"{key}={v}" for v in override.sweep_string_iterator()]

@@ -166,6 +166,9 @@ class TrainConfig:
         0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32
     )
     ckpt_path: str | None = None  # a last.ckpt to resume from, or latest
+    tune: str | None = setting(  # lr_find: search a learning rate instead of training
+        None, "null (train) or lr_find", lambda v: v in (None, "lr_find")
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -194,7 +197,17 @@ class PredictConfig:
     paths: LogDirConfig = field(default_factory=LogDirConfig)
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig}
+@dataclass
+class DemoConfig:
+    task_name: str = "demo"
+    ckpt_path: str = MISSING  # as for lenet-eval
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 serves the local network too
+    port: int = setting(7860, "0 (the first free port from 7860) or 1024 to 65535",
+                        lambda v: v == 0 or 1024 <= v <= 65535)  # fmt: skip
+    paths: LogDirConfig = field(default_factory=LogDirConfig)
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "demo": DemoConfig}
 
 
 def register() -> None:

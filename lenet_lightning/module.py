@@ -24,10 +24,6 @@ MONITOR = "val/acc"  # what checkpointing and early stopping watch; higher is be
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-class Diverged(RuntimeError):
-    """The training loss is no longer a finite number; nothing of that epoch is kept."""
-
-
 class Mistakes(Metric):
     """The first ``limit`` misclassified images with their labels and predictions (all ranks)."""
 
@@ -97,13 +93,6 @@ class LitLeNet5(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        loss = self.train_loss.compute()  # before any checkpoint of this epoch is written
-        if not torch.isfinite(loss):
-            raise Diverged(
-                f"the training loss became {loss.item()} in epoch {self.current_epoch + 1}: "
-                f"training diverged. Lower model.lr (now {self.hparams.lr:g}); standardised "
-                "inputs (data.normalize=true) and a schedule (model.scheduler) help too"
-            )
         self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -241,7 +241,8 @@ def plot_sweep(jobs: list[Job], keys: list[str], path: Path) -> None:
     right.set_xlabel("epoch")
     right.set_title("val/acc per epoch")
     right.grid(alpha=0.3)
-    right.legend(fontsize=7)
+    if right.lines:
+        right.legend(fontsize=7)
     fig.savefig(path, dpi=100)
 
 

@@ -30,7 +30,8 @@ def train(
     callbacks: Sequence[L.Callback] = (),
     datamodule: L.LightningDataModule | None = None,
 ) -> float:
-    """Train and test one model as ``cfg`` says; return the best validation accuracy.
+    """Train and test one model as ``cfg`` says; return the best validation accuracy (with
+    ``tune=lr_find``: search a learning rate instead, and return the suggested one).
 
     ``callbacks`` join the run's own; ``datamodule`` replaces the one ``cfg.data`` describes.
     The benchmarks use both to time this very path, and to feed it another data pipeline.
@@ -44,6 +45,7 @@ def train(
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lenet_lightning.callbacks import (
+        Diverged,
         LastCheckpoint,
         ResumableCheckpoint,
         ResumeAfterInterrupt,
@@ -51,7 +53,7 @@ def train(
     )
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.model import count_parameters
-    from lenet_lightning.module import MONITOR, Diverged, LitLeNet5
+    from lenet_lightning.module import MONITOR, LitLeNet5
 
     out_dir = Path(c["paths"]["output_dir"])
     # Every epoch: the checkpoint to resume from, and the history of every epoch's metrics.
@@ -74,7 +76,7 @@ def train(
         ),
         "csv": lambda: CSVLogger(out_dir, name="csv", version=""),
         "none": lambda: False,
-    }[c["logger"]["kind"]]()
+    }["none" if c["tune"] else c["logger"]["kind"]]()
     if logger and c["model"]["scheduler"] != "none":
         run_callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = trainer_from(
@@ -87,6 +89,10 @@ def train(
     module = LitLeNet5(**c["model"])
     if datamodule is None:
         datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
+    if c["tune"] == "lr_find":
+        from lenet_lightning.tune import find_lr
+
+        return find_lr(trainer, module, datamodule, out_dir)
     log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
 
     facts = {"parameters": count_parameters(module), "device": str(trainer.strategy.root_device)}
@@ -104,14 +110,14 @@ def train(
     except SIGTERMException:  # Lightning stopped cleanly; a stopped job exits non-zero
         sys.exit(143)
     epochs = list(last.epochs)  # testing from a checkpoint restores the callbacks' state too
-    paths = {
+    fitted = {
         "fit_seconds": round(time.perf_counter() - start, 2),
         "best_checkpoint": best.best_model_path or None,  # none after fast_dev_run
         "last_checkpoint": last.best_model_path or None,
     }
-    report(epochs, {}, **paths)  # what is known if testing is interrupted
+    report(epochs, {}, **fitted)  # what is known if testing is interrupted
     (test,) = trainer.test(
-        module, datamodule=datamodule, ckpt_path=paths["best_checkpoint"], weights_only=True
+        module, datamodule=datamodule, ckpt_path=fitted["best_checkpoint"], weights_only=True
     )
     best_val = float(best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0))
     if isinstance(logger, TensorBoardLogger):  # the HParams tab: settings beside their results
@@ -120,7 +126,7 @@ def train(
         logger.log_hyperparams(hparams, results)
     wall = round(time.perf_counter() - start, 2)
     confusion = module.confusion.tolist()  # true digit down, predicted across
-    report(epochs, test, **paths, wall_seconds=wall, confusion_matrix=confusion)
+    report(epochs, test, **fitted, wall_seconds=wall, confusion_matrix=confusion)
     if trainer.is_global_zero:
         log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
     return best_val

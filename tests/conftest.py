@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from lenet_lightning import mnist_files
 
@@ -78,3 +80,28 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short real training run (one epoch: good enough to read digits)."""
+    cwd = tmp_path_factory.mktemp("trained")
+    done = run_cli("trainer.max_epochs=1", "trainer.enable_progress_bar=false", cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (cwd / "outputs" / "train" / "runs").iterdir()
+    return run
+
+
+def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
+    """The first ``count`` official test digits, saved as PNG files."""
+    from lenet_lightning.config import compose_config
+    from lenet_lightning.data import load_mnist
+
+    data_dir = Path(compose_config([]).data.data_dir).expanduser()  # where the runs keep MNIST
+    images, _ = load_mnist(str(data_dir), train=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"test-{i:02d}.png")
+        Image.fromarray(images[i].numpy()).save(paths[-1])
+    return paths, images[:count]

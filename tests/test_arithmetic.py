@@ -39,9 +39,10 @@ def test_q3_five_conv_and_pool_blocks_fit_32x32() -> None:
 
 
 def test_q4_a_conv_layer_takes_n_c_h_w() -> None:
-    assert CONV_INPUT_LAYOUT == "(N, C, H, W)"
-    n, c, h, w = 4, 3, 8, 16
-    assert torch.nn.Conv2d(c, 10, 3)(torch.zeros(n, c, h, w)).shape == (4, 10, 6, 14)
+    sizes = {"N": 4, "C": 3, "H": 8, "W": 16}
+    shape = [sizes[axis] for axis in CONV_INPUT_LAYOUT.strip("()").split(", ")]
+    out = torch.nn.Conv2d(in_channels=3, out_channels=10, kernel_size=3)(torch.zeros(*shape))
+    assert out.shape == (4, 10, 6, 14)  # batch kept, 10 channels, 8x16 shrunk by the 3x3 kernel
 
 
 QUESTION_5 = [  # kernel, wanted (H, W) from 8x16, the padding the lesson gives

@@ -23,7 +23,7 @@ def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Pa
     args += ["--out", str(tmp_path), "--variant", "B nchw=model.channels_last=false"]
     assert epoch_time.main(args) == 0
     results = json.loads((tmp_path / "epoch_time-cpu-quick.json").read_text())
-    assert set(results["variants"]) == {"A", "B", "C", "B nchw"}
+    assert set(results["variants"]) == {"A", "B", "C", "B step-log", "B nchw"}
     settings = results["settings"]
     assert settings["train_images_per_epoch"] == 400 and settings["eval_images_per_epoch"] == 200
     for row in results["variants"].values():
@@ -34,12 +34,13 @@ def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Pa
     rows = results["variants"]
     b_over_a = rows["B"]["median_epoch_s"] / rows["A"]["median_epoch_s"]
     assert results["ratios"]["B/A"] == pytest.approx(b_over_a, abs=1e-3)
-    assert results["targets_met"] == {"B/A": None, "C/B": None}  # quick runs judge nothing
+    assert results["targets_met"] == {"B/A": None, "C/B": None, "B step-log/B": None}  # quick
     machine = results["machine"]
     assert machine["torch_threads"] >= 1 and machine["device"] == "cpu"
     assert {"torch", "lightning", "torchvision"} <= set(machine["libraries"])
     printed = capsys.readouterr().out
     assert "| A |" in printed and "B/A = " in printed and "C/B = " in printed
+    assert "| B step-log |" in printed and "B step-log/B = " in printed
 
 
 def test_time_to_accuracy_stops_at_the_target(tiny_mnist, tmp_path: Path, capsys) -> None:

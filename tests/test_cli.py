@@ -90,6 +90,14 @@ def test_a_run_refused_by_what_is_on_disk_leaves_nothing(tmp_path: Path, overrid
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
 
 
+def test_a_sweep_over_a_glob_of_experiments_is_checked_job_by_job(tmp_path: Path) -> None:
+    done = run_cli("-m", "experiment=glob(lenet5_*)", "data.val_size=-1", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "lenet-train: error: data.val_size=-1 is not allowed: expected an integer from 0 to "
+        "59999 (in the job experiment=lenet5_modern data.val_size=-1)"
+    )
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     done = run_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)

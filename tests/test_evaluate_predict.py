@@ -12,27 +12,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from lenet_lightning.checkpoints import network_from, read_checkpoint
-from lenet_lightning.config import ConfigError, compose_config
-from lenet_lightning.data import load_mnist
+from lenet_lightning.config import ConfigError
 from lenet_lightning.images import to_float_images, to_mnist
-from tests.conftest import run_cli
+from tests.conftest import mnist_pngs
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """One short real training run (a few hundred batches: good enough to read digits)."""
-    cwd = tmp_path_factory.mktemp("trained")
-    done = run_cli(
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=300",
-        "trainer.enable_progress_bar=false",
-        cwd=cwd,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = (cwd / "outputs" / "train" / "runs").iterdir()
-    return run
 
 
 def app(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -57,17 +41,6 @@ def test_eval_of_the_best_checkpoint_reproduces_the_runs_test_accuracy(trained_r
     assert evaluated["test/acc"] == report["final"]["test/acc"]
     done = app("evaluate", "ckpt_path=latest", "trainer.enable_progress_bar=false", cwd=cwd)
     assert done.returncode == 0 and "best-epoch" in done.stdout + done.stderr
-
-
-def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
-    data_dir = Path(compose_config([]).data.data_dir).expanduser()  # where the runs keep MNIST
-    images, _ = load_mnist(str(data_dir), train=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        paths.append(folder / f"test-{i:02d}.png")
-        Image.fromarray(images[i].numpy()).save(paths[-1])
-    return paths, images[:count]
 
 
 def test_predictions_on_saved_mnist_digits_match_the_data_set(

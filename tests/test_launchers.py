@@ -16,9 +16,7 @@ def compose_with_hydra(overrides: list[str]):
 
 def test_slurm_launcher_config_composes_and_its_plugin_loads() -> None:
     cfg = compose_with_hydra(["hydra/launcher=slurm"])
-    launcher = cfg.hydra.launcher
-    assert launcher.timeout_min == 60 and launcher.gpus_per_node == 1
-    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert get_class(cfg.hydra.launcher._target_).__name__ == "SlurmLauncher"
 
 
 def test_optuna_search_config_composes() -> None:

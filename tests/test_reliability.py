@@ -112,7 +112,9 @@ def test_a_job_that_fails_mid_sweep_is_listed_and_the_others_still_run(tmp_path:
     diverge = ["model.activation=relu", "data.normalize=false", "model.scheduler=none"]
     done = run_cli("-m", "model.lr=1e30,1e-3", *diverge, *QUICK, cwd=tmp_path)
     assert done.returncode == 1
-    assert "lenet-train: error: job 0 failed: the training loss became nan in epoch 1" in done.stderr
+    assert (
+        "lenet-train: error: job 0 failed: the training loss became nan in epoch 1" in done.stderr
+    )
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     summary = (sweep / "summary.md").read_text()
     assert "Failed: 0 (model.lr=1e+30)" in summary

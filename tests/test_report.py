@@ -10,6 +10,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lenet_lightning.cli import sweep_jobs
 from lenet_lightning.config import compose_config
 from lenet_lightning.report import write_sweep_summary
 from lenet_lightning.train import train
@@ -105,6 +106,7 @@ def test_failed_and_never_run_jobs_are_listed(tmp_path: Path) -> None:
     (tmp_path / "1" / "failed.txt").write_text("loss is nan\n")
     sweep = {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}
     sweep["overrides"] = {"task": ["model.lr=0.001,0.01,0.1", "trainer.max_epochs=3"]}
+    assert len(sweep_jobs(["experiment=glob(lenet5_*)", "seed=0,1"])) == 4  # 2 x 2 jobs
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": sweep}))
     text = write_sweep_summary(tmp_path)
     assert "Failed: 1 (model.lr=0.01)" in text and "- job 1: loss is nan" in text

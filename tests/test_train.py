@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
+from lenet_lightning.callbacks import Diverged
 from lenet_lightning.cli import one_line
 from lenet_lightning.config import ConfigError, compose_config
-from lenet_lightning.module import Diverged
 from lenet_lightning.report import strict_json
 from lenet_lightning.train import train
 from tests.conftest import tiny_overrides

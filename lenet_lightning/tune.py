@@ -1,0 +1,67 @@
+"""The learning-rate finder (``lenet-train tune=lr_find``): Lightning's ``Tuner.lr_find`` on the
+configured model and data, instead of training.
+
+It trains for ``STEPS`` batches while the learning rate grows exponentially from ``MIN_LR`` to
+``MAX_LR``, records the loss at each, suggests the rate where the loss falls fastest, and
+restores the model as it was. Writes ``lr_find.png`` and ``lr_find.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.tuner import Tuner
+from matplotlib.figure import Figure
+
+from lenet_lightning.config import ConfigError
+
+MIN_LR, MAX_LR, STEPS = 1e-6, 1.0, 100
+
+
+def train_command(lr: float) -> str:
+    """The ``lenet-train`` command of this run, with ``model.lr`` set and ``tune`` dropped."""
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in given if not o.lstrip("+~").startswith(("tune=", "model.lr="))]
+    return shlex.join(["lenet-train", *kept, f"model.lr={lr:.3g}"])
+
+
+def find_lr(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, out: Path
+) -> float:
+    """Run the finder; write its picture and numbers; print the rate and how to train with it."""
+    if trainer.fast_dev_run:
+        raise ConfigError("tune=lr_find cannot run with trainer.fast_dev_run: it needs 100 steps")
+    if trainer.world_size > 1:
+        raise ConfigError("tune=lr_find runs on one device: use trainer=default or trainer=cpu")
+    start = time.perf_counter()
+    finder = Tuner(trainer).lr_find(
+        module, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR, num_training=STEPS,
+        update_attr=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    suggestion = finder.suggestion()
+    if suggestion is None:
+        raise RuntimeError(f"lr_find found no falling stretch of the loss in {STEPS} steps")
+    out.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6, 4), layout="tight")
+    finder.plot(suggest=True, ax=figure.subplots())
+    figure.axes[0].set_title(f"suggested learning rate: {suggestion:.3g}")
+    figure.savefig(out / "lr_find.png", dpi=100)
+    command = train_command(suggestion)
+    result = {
+        "suggestion": suggestion,
+        "command": command,
+        "seconds": round(seconds, 2),
+        "steps": len(finder.results["lr"]),
+        "lr": finder.results["lr"],
+        "loss": finder.results["loss"],
+    }
+    (out / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Suggested learning rate: {suggestion:.3g} (lr_find.png and lr_find.json in {out})")
+    print(f"Train with it: {command}")
+    return suggestion
