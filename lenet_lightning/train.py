@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet_lightning.checkpoints import resume_checkpoint
 from lenet_lightning.cli import entry_point, trainer_from
-from lenet_lightning.report import write_run_report
 
 if TYPE_CHECKING:
     import lightning as L
@@ -54,6 +53,7 @@ def train(
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.model import count_parameters
     from lenet_lightning.module import MONITOR, LitLeNet5
+    from lenet_lightning.report import plot_curves, write_run_report
 
     out_dir = Path(c["paths"]["output_dir"])
     # Every epoch: the checkpoint to resume from, and the history of every epoch's metrics.
@@ -116,6 +116,8 @@ def train(
         "last_checkpoint": last.best_model_path or None,
     }
     report(epochs, {}, **fitted)  # what is known if testing is interrupted
+    if epochs and trainer.is_global_zero:
+        plot_curves(epochs, out_dir / "curves.png")
     (test,) = trainer.test(
         module, datamodule=datamodule, ckpt_path=fitted["best_checkpoint"], weights_only=True
     )
