@@ -26,7 +26,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-bench: setup  # epoch time A/B/C, then time to 99%: about 20 minutes on a 2-core CPU
+bench: setup  # epoch time of the lesson's loop and lenet-train's variants, then time to 99%
 	$(BIN)/python benchmarks/epoch_time.py --variant "B NCHW=model.channels_last=false"
 	$(BIN)/python benchmarks/time_to_accuracy.py
 

@@ -1,4 +1,4 @@
-"""Epoch time of three ways to train the same LeNet-5 on the same MNIST, interleaved in one process.
+"""Epoch time of several ways to train the same LeNet-5 on the same MNIST, in one process.
 
 - A: the lesson's plain PyTorch loop (``lesson_loop.py``), evaluating the test set each epoch.
 - B: ``lenet-train``'s own path - ``train(cfg)`` with the package's DataModule, LightningModule,

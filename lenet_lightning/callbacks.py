@@ -24,8 +24,8 @@ class Diverged(RuntimeError):
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that never saves a diverged epoch, and keeps its record (best score,
-    files) across a resume.
+    """A ModelCheckpoint that never saves a diverged epoch, names epochs from 1 (as the run
+    prints them), and keeps its record (best score, files) across a resume.
 
     A resumed run writes into a new folder, and Lightning forgets the best score when the
     folder changes: the first epoch after a resume would count as the best whatever its score.
@@ -33,7 +33,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     checkpoints inside the current run's folder, so the earlier run's files stay.
     """
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @staticmethod
+    def refuse_diverged(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = float(trainer.callback_metrics.get("train/loss", 0.0))
         if not math.isfinite(loss):  # stop before this epoch's weights are written anywhere
             raise Diverged(
@@ -41,7 +42,15 @@ class ResumableCheckpoint(ModelCheckpoint):
                 f"training diverged. Lower model.lr (now {pl_module.hparams.lr:g}); "
                 "standardised inputs (data.normalize=true) and a schedule (model.scheduler) help"
             )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.refuse_diverged(trainer, pl_module)
         super().on_train_epoch_end(trainer, pl_module)
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, *args, **kwargs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:
@@ -108,6 +117,7 @@ class LastCheckpoint(ResumableCheckpoint):
         self.epochs: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.refuse_diverged(trainer, pl_module)  # before a diverged epoch enters the history
         row = {"epoch": trainer.current_epoch + 1}
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.startswith(("train/", "val/")):

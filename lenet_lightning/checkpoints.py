@@ -10,14 +10,19 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lenet_lightning.config import ConfigError
+from lenet_lightning.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
+BEST_NAME = "best-epoch{epoch:03d}"  # a run's best checkpoint; epochs count from 1
+BEST_CHECKPOINTS = "best-*.ckpt"  # what ckpt_path=latest looks for in lenet-eval, -predict, -demo
+OPTIMISER = ("model.lr", "model.weight_decay", "model.optimizer", "model.scheduler")
 
 
 def find_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
@@ -40,11 +45,17 @@ def newest_first(log_dir: str | Path, pattern: str) -> list[Path]:
     return sorted(Path(log_dir).rglob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def model_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model settings a checkpoint was trained with; a setting added since it was written
+    (``model.dropout``, say) takes its default, which is how that checkpoint's model worked."""
+    return {**asdict(ModelConfig()), **ckpt.get("hyper_parameters", {})}
+
+
 def differences(ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The settings of ``cfg`` (model, data, seed) whose checkpoint value differs:
     ``{key: (in the checkpoint, now)}``. Where MNIST lives is not a difference."""
     data = dict(ckpt.get("datamodule_hyper_parameters", {}))
-    then = {f"model.{k}": v for k, v in ckpt.get("hyper_parameters", {}).items()}
+    then = {f"model.{k}": v for k, v in model_settings(ckpt).items()}
     then |= {f"data.{k}": v for k, v in data.items() if k != "seed"} | {"seed": data.get("seed")}
     now = {f"model.{k}": v for k, v in cfg["model"].items()}
     now |= {f"data.{k}": v for k, v in cfg["data"].items()} | {"seed": cfg["seed"]}
@@ -80,6 +91,11 @@ def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> P
             continue
         for key, (then, now) in differ.items():
             log.warning("Resuming with %s=%r; the checkpoint was trained with %r", key, now, then)
+        if any(key.startswith(OPTIMISER) for key in differ):
+            log.warning(
+                "The optimiser and its schedule resume as the checkpoint left them: its "
+                "learning rate, weight decay and schedule hold, whatever these settings say"
+            )
         log.info("Resuming from %s", path)
         return path
     if value != "latest":
@@ -93,6 +109,9 @@ def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> P
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn what goes wrong while a checkpoint is read into a one-line ConfigError."""
+    unreadable = f"ckpt_path={str(path)!r} is not a readable checkpoint"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ConfigError(f"{unreadable} (empty, cut short, or another kind of file)")
     try:
         yield
     except pickle.UnpicklingError as err:
@@ -100,11 +119,8 @@ def reading(path: Path) -> Iterator[None]:
             f"ckpt_path={str(path)!r} refused: it holds objects other than tensors and plain "
             "values, which could run code when loaded (only weights_only checkpoints are read)"
         ) from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ConfigError(
-            f"ckpt_path={str(path)!r} is not a readable checkpoint (empty, cut short, or another "
-            f"kind of file): {str(err) or type(err).__name__}"
-        ) from err
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"{unreadable}: {str(err) or type(err).__name__}") from err
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -119,10 +135,12 @@ def network_from(ckpt: dict[str, Any]) -> Any:
     """The trained ``LeNet5`` a LitLeNet5 checkpoint holds, in eval mode."""
     from lenet_lightning.model import LeNet5
 
-    network = LeNet5.from_settings(ckpt["hyper_parameters"])
+    network = LeNet5.from_settings(model_settings(ckpt))
     prefix = "model."  # LitLeNet5 keeps the network as self.model
-    weights = {
-        k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)
-    }
-    network.load_state_dict(weights)
+    state = ckpt.get("state_dict", {})
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ConfigError(f"the checkpoint does not hold a LeNet5 of its settings: {err}") from err
     return network.eval()

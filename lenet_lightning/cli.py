@@ -10,6 +10,7 @@ only inside ``trainer_from``.
 """
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -21,21 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from lenet_lightning.config import CONFIG_MODULE, ConfigError, register, validate
+from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, ConfigError, register, validate
 from lenet_lightning.mnist_files import MNISTUnavailable
 
 MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
-FAILED = "failed.txt"  # in a sweep job's folder: why the job failed
 
 
 def one_line(err: BaseException) -> str:
@@ -47,7 +45,8 @@ def one_line(err: BaseException) -> str:
         return f"unknown key '{cause.full_key}'{allowed}"
     text = str(err).split("Config search path:")[0]  # Hydra appends where it looked
     if isinstance(cause, OmegaConfBaseException) and cause is not err:
-        text = f"{text.splitlines()[0]}: {cause.msg.splitlines()[0]}"  # override; OmegaConf's why
+        why = (cause.msg or str(cause)).splitlines()[0]
+        text = f"{text.splitlines()[0]}: {why}"  # the override, then OmegaConf's reason
     lines = [line.strip() for line in text.removeprefix("Error merging override ").splitlines()]
     head, *rest = [line for line in lines if line] or [type(err).__name__]
     if rest and rest[0].startswith("Available options"):  # Hydra lists a group's options
@@ -86,13 +85,15 @@ def failures_as_one_line(prog: str) -> Iterator[None]:
 
 
 def remove_if_untouched(job_dir: Path) -> None:
-    """Remove a job folder that holds only Hydra's files, and the empty folders above it."""
+    """Remove a job folder that holds only Hydra's files, and the folders Hydra made above it
+    (those below the nearest one that existed before the run, as ``CheckConfig`` saw it)."""
     ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
     if not job_dir.is_dir() or {p.name for p in job_dir.iterdir()} - ours:
         return
     shutil.rmtree(job_dir)
-    for parent in job_dir.parents:
-        if parent == Path.cwd() or any(parent.iterdir()):
+    existed = CheckConfig.existed or Path.cwd()
+    for parent in job_dir.absolute().parents:
+        if parent == existed or existed not in parent.parents or any(parent.iterdir()):
             break
         parent.rmdir()
 
@@ -117,10 +118,12 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
         try:
             return task(cfg)
         except Exception as err:
+            from lenet_lightning.report import FAILED
+
             reason = one_line(err)
             print(f"{prog}: error: job {hydra_cfg.job.num} failed: {reason}", file=sys.stderr)
             (Path(hydra_cfg.runtime.output_dir) / FAILED).write_text(reason + "\n")
-            return None
+            return math.nan  # a search plugin (Optuna) records a failed trial and goes on
 
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
@@ -129,6 +132,10 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
             job()
 
     return main
+
+
+def no_advertisement(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡")
 
 
 def trainer_from(settings: dict[str, Any], **ours: Any) -> Any:
@@ -141,9 +148,7 @@ def trainer_from(settings: dict[str, Any], **ours: Any) -> Any:
         logging.getLogger("lightning").handlers.clear()
     # Lightning's advertisements for its cloud services, and a deprecation inside Lightning 2.6
     # itself (with recent torch), are not for our users:
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not record.getMessage().startswith("💡")
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # ... nor Lightning's advice on step logging: our metrics are logged once per epoch.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
@@ -174,46 +179,23 @@ def check_writable(key: str, folder: str) -> None:
         )
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """Each job's overrides, as Hydra's basic sweeper expands a sweep's command line."""
-    hydra = GlobalHydra.instance()
-    if not hydra.is_initialized():  # outside a Hydra app: glob(...) needs the configs
-        register()
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            return sweep_jobs(overrides)
-    jobs: list[list[str]] = [[]]
-    parser = OverridesParser.create(config_loader=hydra.config_loader())
-    for override in parser.parse_overrides(overrides):
-        key = override.get_key_element()
-        if override.is_discrete_sweep():
-            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
-        elif override.is_sweep_override():  # a range or interval that a search plugin samples
-            continue
-        else:
-            values = [f"{key}={override.get_value_element_as_str()}"]
-        jobs = [[*job, value] for job in jobs for value in values]
-    return jobs
-
-
 class CheckConfig(Callback):
     """Hydra callback: refuse a bad config in one line with exit code 2, before any folder is
     made. A sweep is checked job by job before its first job starts."""
 
+    existed: Path | None = None  # the nearest folder of the run's own that exists before it
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir).absolute()
+        CheckConfig.existed = next(p for p in (run_dir, *run_dir.parents) if p.exists())
         with refusals_as_one_line(config.hydra.help.app_name):
             self.check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lenet_lightning.report import sweep_jobs
+
         loader = GlobalHydra.instance().config_loader()
         with refusals_as_one_line(config.hydra.help.app_name):
-            strategy = str(config.get("trainer", {}).get("strategy", ""))
-            if strategy.startswith("ddp") and config.hydra.launcher._target_.endswith(
-                "BasicLauncher"
-            ):  # Lightning restarts each rank with hydra.run.dir, which a sweep job lacks
-                raise ConfigError(
-                    f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
-                    "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
-                )
             for overrides in sweep_jobs(list(config.hydra.overrides.task)):
                 job = loader.load_sweep_config(config, overrides)
                 try:
@@ -223,10 +205,18 @@ class CheckConfig(Callback):
 
     @staticmethod
     def check(config: DictConfig) -> None:
-        validate(config)
-        check_writable("paths.log_dir", config.paths.log_dir)
+        validate(config, SCHEMAS[config.hydra.job.config_name])
+        if "output_dir" in config.paths:  # the apps that write a run folder
+            check_writable("paths.log_dir", config.paths.log_dir)
         if "data" in config:
             check_writable("data.data_dir", config.data.data_dir)
+        strategy = str(config.get("trainer", {}).get("strategy", ""))
+        basic = config.hydra.launcher._target_.endswith("BasicLauncher")
+        if strategy.startswith("ddp") and config.hydra.mode == RunMode.MULTIRUN and basic:
+            raise ConfigError(  # Lightning restarts each rank with hydra.run.dir, not a job's
+                f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
+                "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
+            )
 
 
 class SweepSummary(Callback):
@@ -234,7 +224,7 @@ class SweepSummary(Callback):
     ``summary.png``); exit with code 1 if a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from lenet_lightning.report import write_sweep_summary  # matplotlib: only when needed
+        from lenet_lightning.report import FAILED, write_sweep_summary  # matplotlib: when needed
 
         folder = Path(config.hydra.sweep.dir)
         print(write_sweep_summary(folder))

@@ -1,8 +1,8 @@
-"""The settings: every key of ``lenet-train``, ``lenet-eval`` and ``lenet-predict``, each written
-once here with its default, its type and the values it allows.
+"""The settings: every key of ``lenet-train``, ``lenet-eval``, ``lenet-predict`` and
+``lenet-demo``, each written once here with its default, its type and the values it allows.
 
 Hydra builds the apps' configs from these dataclasses; the YAML files in ``conf/`` only pick
-presets (trainer, logger, experiment). Hydra checks types while it composes; ``validate``
+presets (trainer, experiment, sweeps). Hydra checks types while it composes; ``validate``
 checks the allowed values. Nothing here imports torch or Lightning, so a refused config costs
 a fraction of a second. The Trainer's own arguments (accelerator, devices, strategy,
 precision) are checked by Lightning itself.
@@ -113,7 +113,7 @@ class ModelConfig:
 
 @dataclass
 class EvalTrainerConfig:
-    """Lightning ``Trainer`` arguments for testing; Lightning checks the first five itself."""
+    """Lightning ``Trainer`` arguments for testing; Lightning checks the first four itself."""
 
     accelerator: str = "auto"  # auto: the GPU when there is one
     devices: Any = 1
@@ -135,11 +135,6 @@ class TrainerConfig(EvalTrainerConfig):
     limit_val_batches: Any = share_of_epoch()
     val_check_interval: Any = share_of_epoch()  # validate every N batches, or each share
     log_every_n_steps: int = at_least(50, 1)
-
-
-@dataclass
-class LoggerConfig:
-    kind: str = choice("tensorboard", "csv", "none")
 
 
 @dataclass
@@ -172,7 +167,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: str = choice("tensorboard", "csv", "none")  # csv: metrics.csv; none: neither
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -216,13 +211,12 @@ def register() -> None:
         ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
 
-def validate(cfg: DictConfig, schema: type | None = None, prefix: str = "") -> None:
+def validate(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """Check every value against its field's rule; raise ConfigError on the first bad one.
 
     Wrong types never get this far: Hydra refuses them while composing. Unknown keys do too,
     except those added with ``+key=value``, which are refused here.
     """
-    schema = schema or SCHEMAS[cfg.task_name]
     known = [f.name for f in fields(schema)]
     unknown = [k for k in cfg if k not in known and not (prefix == "" and k == "hydra")]
     if unknown:

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from lenet_lightning.checkpoints import find_checkpoint, network_from, read_checkpoint
+from lenet_lightning.checkpoints import (
+    BEST_CHECKPOINTS,
+    find_checkpoint,
+    network_from,
+    read_checkpoint,
+)
 from lenet_lightning.cli import entry_point
 from lenet_lightning.config import ConfigError
 from lenet_lightning.images import ImageError, probabilities, read_image, to_mnist
@@ -114,7 +119,7 @@ def page(reader: Reader, served: str) -> Any:
 
 def serve(cfg: DictConfig) -> None:
     """Load the checkpoint (refusing a bad one before any server starts), then serve the page."""
-    path = find_checkpoint(cfg.ckpt_path, cfg.paths.log_dir, "best-*.ckpt")
+    path = find_checkpoint(cfg.ckpt_path, cfg.paths.log_dir, BEST_CHECKPOINTS)
     reader = Reader(read_checkpoint(path))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's checks of its own server

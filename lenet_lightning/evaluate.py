@@ -12,7 +12,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpoints import find_checkpoint, reading
+from lenet_lightning.checkpoints import (
+    BEST_CHECKPOINTS,
+    find_checkpoint,
+    model_settings,
+    read_checkpoint,
+    reading,
+)
 from lenet_lightning.cli import entry_point, trainer_from
 
 log = logging.getLogger(__name__)
@@ -24,17 +30,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from lenet_lightning.module import LitLeNet5
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    path = find_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], "best-*.ckpt")
+    path = find_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], BEST_CHECKPOINTS)
+    settings = model_settings(read_checkpoint(path))  # with defaults for settings added since
     with reading(path):
-        module = LitLeNet5.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module = LitLeNet5.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True, **settings
+        )
         data = MNISTDataModule.load_from_checkpoint(path, weights_only=True, **c["data"])
     trainer = trainer_from(c["trainer"], logger=False, enable_checkpointing=False)
     (test,) = trainer.test(module, datamodule=data)
-    report = {"checkpoint": str(path.resolve()), **test, "config": c}
-    (Path(c["paths"]["output_dir"]) / "metrics.json").write_text(
-        json.dumps(report, indent=2) + "\n"
-    )
-    log.info("test/acc=%.4f  (%s)", test["test/acc"], path)
+    if trainer.is_global_zero:
+        report = {"checkpoint": str(path.resolve()), **test, "config": c}
+        out = Path(c["paths"]["output_dir"]) / "metrics.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("test/acc=%.4f  (%s)", test["test/acc"], path)
     return test
 
 

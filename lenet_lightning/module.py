@@ -103,6 +103,9 @@ class LitLeNet5(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check's validation
+        best = getattr(self.trainer.checkpoint_callback, "best_model_score", None)
+        if best is not None:  # a resumed run carries on from its best so far
+            self.val_acc_best.update(best)
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())

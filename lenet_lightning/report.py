@@ -16,9 +16,14 @@ from typing import Any
 
 import numpy as np
 import yaml
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.figure import Figure
 
-from lenet_lightning.cli import FAILED, sweep_jobs
+from lenet_lightning.config import CONFIG_MODULE, ConfigError, register
+
+FAILED = "failed.txt"  # in a sweep job's folder: why the job failed
 
 
 def summarize(history: list[dict[str, float]], test: dict[str, float], monitor: str) -> dict:
@@ -56,7 +61,9 @@ def write_run_report(
     summary = summarize(history, test, monitor)
     report = {**summary, "epochs": len(history), **facts, "history": history}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(strict_json(report) + "\n")
+    part = out_dir / "metrics.json.part"  # written aside, then renamed: never a torn file
+    part.write_text(strict_json(report) + "\n")
+    part.replace(out_dir / "metrics.json")
     return report
 
 
@@ -101,6 +108,27 @@ def digits_figure(images: Any, titles: list[str], columns: int = 8) -> Figure:
 # ---- sweeps --------------------------------------------------------------------------------
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper expands a sweep's command line."""
+    hydra = GlobalHydra.instance()
+    if not hydra.is_initialized():  # outside a Hydra app: glob(...) needs the configs
+        register()
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return sweep_jobs(overrides)
+    jobs: list[list[str]] = [[]]
+    parser = OverridesParser.create(config_loader=hydra.config_loader())
+    for override in parser.parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_discrete_sweep():
+            values = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        elif override.is_sweep_override():  # a range or interval that a search plugin samples
+            continue
+        else:
+            values = [f"{key}={override.get_value_element_as_str()}"]
+        jobs = [[*job, value] for job in jobs for value in values]
+    return jobs
+
+
 @dataclass
 class Job:
     name: str  # the job's folder within the sweep ("3"), or "." for a single run
@@ -111,11 +139,11 @@ class Job:
 
     @property
     def best_val(self) -> float:
-        return self.metrics["best"].get("val/acc", math.nan) if self.metrics else math.nan
+        return (self.metrics or {}).get("best", {}).get("val/acc", math.nan)
 
     @property
     def test_acc(self) -> float:
-        return self.metrics["final"].get("test/acc", math.nan) if self.metrics else math.nan
+        return (self.metrics or {}).get("final", {}).get("test/acc", math.nan)
 
     def describe(self, keys: list[str]) -> str:
         shown = " ".join(f"{k}={self.overrides[k]}" for k in keys if k in self.overrides)
@@ -144,7 +172,8 @@ def find_jobs(folder: Path) -> list[Job]:
     if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
         for number, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
             jobs.setdefault(str(number), Job(str(number), _pairs(overrides), ran=False))
-    return sorted(jobs.values(), key=lambda j: [int(x) if x.isdigit() else x for x in j.name])
+    number = lambda part: (0, int(part), "") if part.isdigit() else (1, 0, part)  # noqa: E731
+    return sorted(jobs.values(), key=lambda j: [number(p) for p in Path(j.name).parts])
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -191,7 +220,7 @@ def write_sweep_summary(folder: Path) -> str:
     """
     jobs = find_jobs(folder)
     if not jobs:
-        raise FileNotFoundError(f"no runs (folders with .hydra/) below {folder}")
+        raise ConfigError(f"no runs (folders with .hydra/) below {folder}")
     keys = swept_keys(jobs)
     done = sorted((j for j in jobs if j.metrics and not j.failed), key=lambda j: -j.best_val)
     rows = [
@@ -260,10 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = parser.parse_args(argv).folder
     if not folder.is_dir():
         parser.exit(2, f"lenet-report: error: {folder} is not a folder\n")
-    try:
+    from lenet_lightning.cli import failures_as_one_line, refusals_as_one_line
+
+    with failures_as_one_line("lenet-report"), refusals_as_one_line("lenet-report"):
         print(write_sweep_summary(folder))
-    except FileNotFoundError as err:
-        parser.exit(2, f"lenet-report: error: {err}\n")
 
 
 if __name__ == "__main__":

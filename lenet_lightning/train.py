@@ -1,4 +1,5 @@
-"""lenet-train: ``train(cfg)`` runs one job: fit, then test the best checkpoint.
+"""lenet-train: ``train(cfg)`` runs one job: fit, then test the best checkpoint (or, with
+``tune=lr_find``, search a learning rate instead).
 
 ``main`` is the thin Hydra entry point (``lenet_lightning/cli.py``); tests, the notebook and
 the benchmarks call ``train`` with a config from ``compose_config``.
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpoints import resume_checkpoint
+from lenet_lightning.checkpoints import BEST_NAME, resume_checkpoint
 from lenet_lightning.cli import entry_point, trainer_from
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def train(
     last = LastCheckpoint(out_dir / "checkpoints")
     best = ResumableCheckpoint(
         last.dirpath,
-        "best-epoch{epoch:03d}",
+        BEST_NAME,
         monitor=MONITOR,
         mode="max",
         auto_insert_metric_name=False,
@@ -76,7 +77,7 @@ def train(
         ),
         "csv": lambda: CSVLogger(out_dir, name="csv", version=""),
         "none": lambda: False,
-    }["none" if c["tune"] else c["logger"]["kind"]]()
+    }["none" if c["tune"] else c["logger"]]()
     if logger and c["model"]["scheduler"] != "none":
         run_callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = trainer_from(
@@ -93,9 +94,8 @@ def train(
         from lenet_lightning.tune import find_lr
 
         return find_lr(trainer, module, datamodule, out_dir)
-    log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
-
     facts = {"parameters": count_parameters(module), "device": str(trainer.strategy.root_device)}
+    log.info("LeNet-5 with %d parameters; writing to %s", facts["parameters"], out_dir)
 
     def report(epochs: list[dict], test: dict[str, float], **more: object) -> None:
         if trainer.is_global_zero:

@@ -35,7 +35,9 @@ def find_lr(
 ) -> float:
     """Run the finder; write its picture and numbers; print the rate and how to train with it."""
     if trainer.fast_dev_run:
-        raise ConfigError("tune=lr_find cannot run with trainer.fast_dev_run: it needs 100 steps")
+        raise ConfigError(
+            f"tune=lr_find cannot run with trainer.fast_dev_run: it needs {STEPS} steps"
+        )
     if trainer.world_size > 1:
         raise ConfigError("tune=lr_find runs on one device: use trainer=default or trainer=cpu")
     start = time.perf_counter()

@@ -90,6 +90,15 @@ def test_a_run_refused_by_what_is_on_disk_leaves_nothing(tmp_path: Path, overrid
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
 
 
+def test_a_refused_run_removes_only_the_folders_it_made(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()  # the user's own (empty) output folder
+    done = run_cli("paths.log_dir=mine", "ckpt_path=latest", cwd=tmp_path)
+    assert done.returncode == 2 and "ckpt_path=latest: no last.ckpt below" in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not any(
+        (tmp_path / "mine").iterdir()
+    )
+
+
 def test_a_sweep_over_a_glob_of_experiments_is_checked_job_by_job(tmp_path: Path) -> None:
     done = run_cli("-m", "experiment=glob(lenet5_*)", "data.val_size=-1", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == (
@@ -108,11 +117,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path
 def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     done = run_cli("--help", cwd=tmp_path)
     assert done.returncode == 0
-    groups = ("logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu")
+    groups = ("trainer: cpu, ddp, ddp_cpu, default, gpu",)
     groups += ("experiment: best, fast, lenet5_modern, lenet5_relu_max, lesson",)
     for line in groups:
         assert line in done.stdout
-    assert "dropout: 0.0" in done.stdout and "lenet_lightning/config.py" in done.stdout
+    assert "dropout: 0.0" in done.stdout and "logger: tensorboard" in done.stdout
+    assert "lenet_lightning/config.py" in done.stdout
 
 
 def test_the_resolved_config_prints(tmp_path: Path) -> None:

@@ -58,10 +58,7 @@ BAD_INPUTS = [  # override, what the one line must say
         "trainer=tpu",
         "Could not find 'trainer/tpu'; Available options in 'trainer': cpu, ddp, ddp_cpu, default",
     ),
-    (
-        "logger=wandb",
-        "Could not find 'logger/wandb'; Available options in 'logger': csv, none, tensorboard",
-    ),
+    ("logger=wandb", "logger='wandb' is not allowed: expected one of [tensorboard, csv, none]"),
     ("experiment=nope", "Could not find 'experiment/nope'"),
     ("model=resnet", "model=resnet"),
     ("callbacks.early_stopping_patience=0", "callbacks.early_stopping_patience=0 is not allowed"),

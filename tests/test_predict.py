@@ -84,3 +84,13 @@ def test_probabilities_are_a_distribution_over_the_ten_digits(tmp_path: Path) ->
     probabilities = [p for _, p in prediction.top]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
     assert torch.tensor(probabilities).min() >= 0
+
+
+def test_a_checkpoint_from_before_model_dropout_still_reads(tmp_path: Path) -> None:
+    ckpt = torch.load(light_checkpoint(tmp_path / "model.ckpt"), weights_only=True)
+    del ckpt["hyper_parameters"]["dropout"]  # written before the setting existed
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    seven().save(tmp_path / "seven.png")
+    cfg = compose_config([f"ckpt_path={tmp_path / 'old.ckpt'}", f"images=[{tmp_path}]"], "predict")
+    (prediction,), errors = predict(cfg)
+    assert errors == [] and 0 <= prediction.digit <= 9

@@ -66,11 +66,14 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(
     assert history(tmp_path) == uninterrupted
 
 
-def test_a_sweep_of_ddp_runs_is_refused_with_a_clear_line(tmp_path: Path) -> None:
-    done = run_cli("-m", "trainer=ddp_cpu", "model.lr=1e-3,1e-2", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "sweep", [["trainer=ddp_cpu", "model.lr=1e-3,1e-2"], ["trainer=cpu,ddp_cpu"]]
+)
+def test_a_sweep_of_ddp_runs_is_refused_with_a_clear_line(tmp_path: Path, sweep) -> None:
+    done = run_cli("-m", *sweep, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("lenet-train: error: trainer.strategy='ddp' cannot run")
-    assert not list((tmp_path / "outputs").rglob("metrics.json"))
+    assert not list(tmp_path.iterdir())  # refused before any job started
 
 
 def final_report(cwd: Path) -> tuple[Path, dict]:

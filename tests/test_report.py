@@ -10,9 +10,8 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.cli import sweep_jobs
 from lenet_lightning.config import compose_config
-from lenet_lightning.report import write_sweep_summary
+from lenet_lightning.report import sweep_jobs, write_sweep_summary
 from lenet_lightning.train import train
 from tests.conftest import run_cli, tiny_overrides
 
@@ -173,3 +172,19 @@ def test_ckpt_path_latest_takes_the_newest_last_checkpoint(tiny_mnist, tmp_path:
     resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert resumed["history"][0] == first["history"][0] and resumed["epochs"] == 2
+
+
+def test_a_resumed_run_keeps_its_best_validation_accuracy(tiny_mnist, tmp_path: Path) -> None:
+    base = ["model.scheduler=none", "model.lr=0.003"]
+    train(
+        compose_config(
+            tiny_overrides(tiny_mnist, tmp_path / "first", *base, "trainer.max_epochs=1")
+        )
+    )
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    # Raw pixels for the second epoch, which the first did not see: its accuracy falls.
+    overrides = tiny_overrides(tiny_mnist, tmp_path / "resumed", *base, f"ckpt_path={last}")
+    train(compose_config([*overrides, "data.normalize=false"]))
+    first, second = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
+    assert second["val/acc"] < first["val/acc"]
+    assert second["val/acc_best"] == first["val/acc_best"] == first["val/acc"]
