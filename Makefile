@@ -36,4 +36,4 @@ bench-quick: setup  # both in quick mode (a tenth of the data, one seed): under 
 
 notebook: setup  # Jupyter Lab on the lesson retold (installs the notebook extra first)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e ".[notebook]"
-	$(BIN)/jupyter lab notebooks/lenet5_mnist.ipynb
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/lenet5_mnist.ipynb
