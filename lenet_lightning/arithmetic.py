@@ -136,11 +136,11 @@ def format_table(rows: list[LayerRow]) -> str:
 
 def main() -> None:
     """``lenet-shapes [overrides]``: the layer table of the model the config describes."""
-    from lenet_lightning.cli import refusals_as_one_line
+    from lenet_lightning.cli import errors_as_one_line
     from lenet_lightning.config import compose_config
     from lenet_lightning.model import LeNet5
 
-    with refusals_as_one_line("lenet-shapes"):
+    with errors_as_one_line("lenet-shapes"):
         cfg = compose_config(sys.argv[1:])
     print(format_table(layer_table(LeNet5.from_settings(cfg.model))))
 

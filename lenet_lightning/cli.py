@@ -58,10 +58,10 @@ REFUSALS = (ConfigError, HydraException, OmegaConfBaseException, MNISTUnavailabl
 
 
 @contextmanager
-def refusals_as_one_line(prog: str, job_dir: str | None = None) -> Iterator[None]:
-    """Turn a refusal of the user's input (a setting, a file) into one line on stderr and exit
-    code 2. A job folder that holds nothing but what Hydra put there is removed, so a refused
-    run leaves nothing behind."""
+def errors_as_one_line(prog: str, job_dir: str | None = None) -> Iterator[None]:
+    """Turn any error into one line on stderr: a refusal of the user's input (a setting, a
+    file) exits with code 2, any other failure with 1 (``LENET_DEBUG=1``: the traceback). A
+    refused run's folder that holds nothing but what Hydra put there is removed."""
     try:
         yield
     except REFUSALS as err:
@@ -69,13 +69,6 @@ def refusals_as_one_line(prog: str, job_dir: str | None = None) -> Iterator[None
             remove_if_untouched(Path(job_dir))
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-
-
-@contextmanager
-def failures_as_one_line(prog: str) -> Iterator[None]:
-    """Any other error, one line too, with exit code 1 (``LENET_DEBUG=1``: the traceback)."""
-    try:
-        yield
     except Exception as err:
         if os.environ.get("LENET_DEBUG"):
             raise
@@ -110,10 +103,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     def job(cfg: DictConfig) -> Any:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:  # errors exit here, before Hydra reports them
-            with (
-                failures_as_one_line(prog),
-                refusals_as_one_line(prog, hydra_cfg.runtime.output_dir),
-            ):
+            with errors_as_one_line(prog, hydra_cfg.runtime.output_dir):
                 return task(cfg)
         try:
             return task(cfg)
@@ -128,7 +118,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
         register()
-        with failures_as_one_line(prog), refusals_as_one_line(prog):
+        with errors_as_one_line(prog):
             job()
 
     return main
@@ -188,14 +178,14 @@ class CheckConfig(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir).absolute()
         CheckConfig.existed = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-        with refusals_as_one_line(config.hydra.help.app_name):
+        with errors_as_one_line(config.hydra.help.app_name):
             self.check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lenet_lightning.report import sweep_jobs
 
         loader = GlobalHydra.instance().config_loader()
-        with refusals_as_one_line(config.hydra.help.app_name):
+        with errors_as_one_line(config.hydra.help.app_name):
             for overrides in sweep_jobs(list(config.hydra.overrides.task)):
                 job = loader.load_sweep_config(config, overrides)
                 try:

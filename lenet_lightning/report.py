@@ -289,9 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     folder = parser.parse_args(argv).folder
     if not folder.is_dir():
         parser.exit(2, f"lenet-report: error: {folder} is not a folder\n")
-    from lenet_lightning.cli import failures_as_one_line, refusals_as_one_line
+    from lenet_lightning.cli import errors_as_one_line
 
-    with failures_as_one_line("lenet-report"), refusals_as_one_line("lenet-report"):
+    with errors_as_one_line("lenet-report"):
         print(write_sweep_summary(folder))
 
 
