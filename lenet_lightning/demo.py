@@ -45,12 +45,16 @@ class Reader:
         self.network = network_from(ckpt)
         self.normalize = ckpt.get("datamodule_hyper_parameters", {}).get("normalize", True)
 
-    def read(self, image: Any) -> tuple[str, dict[str, float] | None, np.ndarray | None, str]:
-        """The page's four outputs: digit, probabilities, what the network receives, a message."""
+    def read(
+        self, image: Any, name: str = ""
+    ) -> tuple[str, dict[str, float] | None, np.ndarray | None, str]:
+        """The page's four outputs: digit, probabilities, what the network receives, a message
+        (naming the file ``name``, if there is one, when no digit can be read)."""
         try:
             digit = to_mnist(image)
         except ImageError as err:
-            return "", None, None, f"**Cannot read a digit:** {err}"
+            named = f" ({name})" if name else ""
+            return self.read_nothing(f"**Cannot read a digit:** {err}{named}")
         probs = probabilities(self.network, digit, self.normalize).tolist()
         best = int(np.argmax(probs))
         big = digit.repeat(PIXEL, axis=0).repeat(PIXEL, axis=1)  # each pixel a visible square
@@ -64,15 +68,12 @@ class Reader:
     def upload(self, path: str | None) -> tuple:
         if not path:
             return self.read_nothing("no file yet")
+        name = Path(path).name  # as the person knows it, not as Gradio stored it
         try:
-            return self.read(read_image(Path(path)))
-        except ImageError as err:  # named as the person knows it, not as Gradio stored it
-            return (
-                "",
-                None,
-                None,
-                f"**Cannot read that file:** {err}".replace(path, Path(path).name),
-            )
+            image = read_image(Path(path))
+        except ImageError as err:
+            return self.read_nothing(f"**Cannot read that file:** {err}".replace(path, name))
+        return self.read(image, name)
 
     @staticmethod
     def read_nothing(why: str) -> tuple:

@@ -2,9 +2,13 @@
 and MNIST digits become the float tensors the network takes. Shared by training (the data
 set), ``lenet-predict`` and ``lenet-demo``; torch, numpy and PIL only.
 
-A picture is made to look like MNIST: grayscale, a light digit on a dark background (dark-on-
-light drawings and photos are inverted), the digit fitted into a 20x20 box keeping its aspect
-ratio, then placed in a 28x28 field with its centre of mass in the middle.
+A picture in any of PIL's modes is made to look like MNIST: grayscale, stretched over its own
+range (a float picture in 0-1 or a 16-bit scan as much as an 8-bit one), a light digit on a
+dark background (dark-on-light drawings and photos are inverted), the digit fitted into a
+20x20 box keeping its aspect ratio, then placed in a 28x28 field with its centre of mass in
+the middle. A transparent picture is laid on white paper; if that shows no digit (white ink
+on a clear background), its opacity is the ink. Whatever goes wrong reading or converting a
+picture is an ``ImageError``, in one line.
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ def to_float_images(images: Tensor, normalize: bool) -> Tensor:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Open an image upright (as a phone's EXIF orientation says), refusing non-images,
-    anything but a regular file (a pipe would wait forever) and decompression bombs."""
+    """Open an image upright (as a phone's EXIF orientation says). Whatever goes wrong is an
+    ImageError naming the file: not a regular file (a pipe would wait forever), not an image,
+    a decompression bomb, a damaged file (PIL's decoders raise OSError, but also ValueError,
+    TypeError, SyntaxError, struct.error...)."""
     if not path.is_file():
         problem = "no such file" if not path.exists() else "not a regular file"
         raise ImageError(f"{path}: {problem}")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's remarks on a file it can read anyway
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             image.load()
@@ -46,29 +53,71 @@ def read_image(path: Path) -> Image.Image:
         raise ImageError(f"{path}: refused, too many pixels to be a digit image ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageError(f"{path}: not an image PIL can read") from err
-    except OSError as err:
-        raise ImageError(f"{path}: cannot read it ({err})") from err
+    except Exception as err:
+        raise ImageError(f"{path}: cannot read it ({reason(err)})") from err
     return image
 
 
+def reason(err: Exception) -> str:
+    """An exception in one line; its type too, unless it is an OSError (a file's own words)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, OSError) else f"{type(err).__name__}: {text}"
+
+
 def to_mnist(image: Image.Image) -> np.ndarray:
-    """A 28x28 uint8 array laid out the way MNIST digits are."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(background, image)  # transparent drawing: paper is white
+    """A 28x28 uint8 array laid out the way MNIST digits are, from a picture in any of PIL's
+    modes; ImageError if it shows no digit or cannot be converted."""
+    try:
+        grey, alpha = grey_and_alpha(image)
+        pixels = ink(grey)
+        if pixels is None and alpha is not None:  # e.g. white ink on a transparent background
+            pixels = ink(alpha)
+    except ImageError:
+        raise
+    except Exception as err:
+        raise ImageError(f"cannot convert it from PIL's mode {image.mode} ({reason(err)})") from err
+    if pixels is None:
+        raise ImageError("the image is blank: no digit to read")
+    return centred(pixels)
+
+
+def grey_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """The picture in shades of grey, as floats in its own range (a transparent picture laid
+    on white paper), and its opacity (alpha, 0-255) if it has transparency."""
     if image.mode.startswith(("I", "F")):  # 16- or 32-bit grayscale: PIL's "L" would clip it
         pixels = np.asarray(image, dtype=np.float32)
-        pixels *= 255 / max(pixels.max(), 255)
-    else:
-        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            bad = int((~np.isfinite(pixels)).sum())
+            raise ImageError(f"NaN or infinite pixels ({bad} of {pixels.size}): no digit to read")
+        return pixels, None
+    alpha = None  # below: an alpha channel, or a colour that stands for "clear"
+    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), rgba)
+    elif image.mode == "LAB":  # PIL converts LAB to RGB, not to "L"
+        image = image.convert("RGB")
+    return np.asarray(image.convert("L"), dtype=np.float32), alpha
+
+
+def ink(pixels: np.ndarray) -> np.ndarray | None:
+    """Light ink on a dark background, 0-255 (dark-on-light is inverted), or None where
+    nothing stands out from the background."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if high <= low:
+        return None
+    pixels = (pixels - low) * (255 / (high - low))  # its own range: 0-1 floats, 16-bit scans...
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if np.median(border) > 127:  # dark ink on light paper: MNIST is light on dark
         pixels, border = 255 - pixels, 255 - border
     pixels = np.clip(pixels - np.median(border), 0, None)
     if pixels.max() <= 0:
-        raise ImageError("the image is blank: no digit to read")
-    pixels *= 255 / pixels.max()
+        return None
+    return pixels * (255 / pixels.max())
+
+
+def centred(pixels: np.ndarray) -> np.ndarray:
+    """The digit fitted into 20x20 and placed in 28x28 with its centre of mass in the middle."""
     rows, cols = np.nonzero(pixels > 0.05 * 255)
     digit = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     h, w = digit.shape

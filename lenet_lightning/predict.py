@@ -6,6 +6,8 @@ then the network's top probabilities are printed. Plain torch: no Lightning, so 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +70,25 @@ def predict(cfg: DictConfig) -> tuple[list[Prediction], list[str]]:
 
 
 def predict_and_print(cfg: DictConfig) -> None:
-    """Print one line per image; errors go to stderr, and exit code 1 if there were any."""
+    """Print one line per image; errors go to stderr, one line each, and exit code 1 if there
+    were any or stdout cannot be written. A reader that leaves early (``| head -1``) ends the
+    command quietly with exit code 141, as SIGPIPE ends Unix tools."""
+    if sys.stdout is None:  # started with stdout closed (>&-): the predictions would be lost
+        print("lenet-predict: error: stdout is closed: nowhere to print", file=sys.stderr)
+        sys.exit(1)
     predictions, errors = predict(cfg)
-    for p in predictions:
-        shown = "  ".join(f"{d}: {prob:.3f}" for d, prob in p.top)
-        print(f"{p.path}: {p.digit}   ({shown})")
+    try:
+        for p in predictions:
+            shown = "  ".join(f"{d}: {prob:.3f}" for d, prob in p.top)
+            print(f"{p.path}: {p.digit}   ({shown})")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has gone: Python's last flush must go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE
+    except (OSError, ValueError) as err:  # stdout read-only, on a full disk, or closed
+        errors.insert(0, f"cannot print the predictions: {err}")
+        with contextlib.suppress(OSError, ValueError):  # the same: a last flush that fails
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     for line in errors:
         print(f"lenet-predict: error: {line}", file=sys.stderr)
     if errors:
