@@ -47,7 +47,6 @@ from machine import (
     device_from,
     named_overrides,
     quiet_train,
-    table,
     trainer_overrides,
     write_results,
 )
@@ -60,6 +59,7 @@ from lenet_lightning.data import load_mnist
 from lenet_lightning.images import MEAN, STD
 from lenet_lightning.mnist_files import ensure_mnist
 from lenet_lightning.module import LitLeNet5
+from lenet_lightning.outputs import markdown_table as table
 
 # The last: logging from every step costs over 3% of an epoch, so LitLeNet5 logs once per epoch.
 TARGETS = {"B/A": ("<=", 1.0), "C/B": (">=", 2.0), "step-log cost": (">=", 0.03)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
 import platform
@@ -27,6 +26,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
+from lenet_lightning.outputs import write_json
 from lenet_lightning.train import train
 
 RESULTS = Path(__file__).parent / "results"
@@ -173,13 +173,5 @@ def write_results(name: str, out_dir: Path, results: dict) -> Path:
     """``<out_dir>/<name>.json``, written aside and renamed, so a failed run loses nothing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, results)
     return path
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table: readable on the terminal and pasted as is into the README."""
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)

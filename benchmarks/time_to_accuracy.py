@@ -35,12 +35,12 @@ from machine import (
     named_overrides,
     quiet_train,
     synchronize,
-    table,
     trainer_overrides,
     write_results,
 )
 
 from lenet_lightning.config import compose_config
+from lenet_lightning.outputs import markdown_table as table
 
 CONFIGS = {"default": [], "fast": ["experiment=fast"]}
 # The fast configuration's median over seeds: on the CPU to 99.0% validation accuracy (this

@@ -136,8 +136,8 @@ def format_table(rows: list[LayerRow]) -> str:
 
 def main() -> None:
     """``lenet-shapes [overrides]``: the layer table of the model the config describes."""
-    from lenet_lightning.cli import errors_as_one_line
     from lenet_lightning.config import compose_config
+    from lenet_lightning.errors import errors_as_one_line
     from lenet_lightning.model import LeNet5
 
     with errors_as_one_line("lenet-shapes"):

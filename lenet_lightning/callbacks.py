@@ -1,51 +1,71 @@
-"""Lightning callbacks: checkpoints that survive a resume and an interruption (the last one
-also keeps each epoch's metrics, printed as a line), and the pictures shown in TensorBoard."""
+"""Lightning callbacks and the checkpoint writer: checkpoints that survive a full disk, a resume
+and an interruption; the run's report (``metrics.json``, ``curves.png``); what TensorBoard shows
+beyond the metrics; and the settings only the data can check."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
-import math
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
-from lenet_lightning.report import digits_figure
+from lenet_lightning.errors import ConfigError
+from lenet_lightning.model import count_parameters
+from lenet_lightning.module import MONITOR, Diverged
+from lenet_lightning.outputs import write_atomic
+from lenet_lightning.report import digits_figure, plot_curves, write_run_report
 
 log = logging.getLogger(__name__)
 
 
-class Diverged(RuntimeError):
-    """The training loss is no longer a finite number; nothing of that epoch is kept."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final name, then renamed into place: a full disk or a
+    crash leaves the previous good file, never a cut one. (Lightning's own writes into the
+    temp folder and moves the file, which across two filesystems copies over the old one.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None):
+        buffer = io.BytesIO()  # serialised first: a failed write is then a plain OSError
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), lambda f: f.write(buffer.getbuffer()))
+
+
+class CheckAgainstTheData(L.Callback):
+    """Refuse, before training starts, a setting that only the data can show to be wrong."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        interval = trainer.val_check_interval
+        batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        if isinstance(interval, int) and interval > batches:
+            raise ConfigError(
+                f"trainer.val_check_interval={interval} is more than the {batches} training "
+                "batches of an epoch: give at most that many, or a share of an epoch (0.5)"
+            )
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that never saves a diverged epoch, names epochs from 1 (as the run
-    prints them), and keeps its record (best score, files) across a resume.
+    """A ModelCheckpoint that names epochs from 1 (as the run prints them) and keeps its record
+    (best score, files) across a resume.
 
     A resumed run writes into a new folder, and Lightning forgets the best score when the
     folder changes: the first epoch after a resume would count as the best whatever its score.
     Here the score, and the file it came from, carry over. Lightning only ever deletes
     checkpoints inside the current run's folder, so the earlier run's files stay.
     """
-
-    @staticmethod
-    def refuse_diverged(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = float(trainer.callback_metrics.get("train/loss", 0.0))
-        if not math.isfinite(loss):  # stop before this epoch's weights are written anywhere
-            raise Diverged(
-                f"the training loss became {loss} in epoch {trainer.current_epoch + 1}: "
-                f"training diverged. Lower model.lr (now {pl_module.hparams.lr:g}); "
-                "standardised inputs (data.normalize=true) and a schedule (model.scheduler) help"
-            )
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.refuse_diverged(trainer, pl_module)
-        super().on_train_epoch_end(trainer, pl_module)
 
     def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         if "epoch" in metrics:
@@ -65,23 +85,25 @@ class ResumableCheckpoint(ModelCheckpoint):
 
 class ResumeAfterInterrupt(L.Callback):
     """Ctrl-C or SIGTERM loses at most the current epoch: ``last.ckpt`` always holds the last
-    epoch boundary (from the start of training on), and the run says how to resume from it.
+    epoch boundary (from the start of training on, a resumed run's too), and the run says how
+    to resume from it; a diverged run says which checkpoint is the last good one.
 
-    Lightning stops cleanly on both (its signal connector raises ``SIGTERMException``) and
-    calls ``on_exception``. Resuming from an epoch boundary continues exactly as an
-    uninterrupted run would (same data order, same metrics); a mid-epoch state could not.
+    Lightning stops cleanly on both signals (its signal connector raises
+    ``SIGTERMException``) and calls ``on_exception``. Resuming from an epoch boundary continues
+    exactly as an uninterrupted run would (same data order, same metrics).
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
         self.last_checkpoint = last_checkpoint
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path is None:
-            trainer.save_checkpoint(self.last_checkpoint, weights_only=False)  # epoch 0: the start
+        trainer.save_checkpoint(self.last_checkpoint, weights_only=False)  # the start, or resume
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, Diverged):
+            exception.args = (f"{exception}. The last good checkpoint: {self.last_checkpoint}",)
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if not interrupted or not trainer.is_global_zero:
             return
@@ -95,62 +117,86 @@ class ResumeAfterInterrupt(L.Callback):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         log.warning(
             "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: "
-            "lenet-train ckpt_path=%s (or ckpt_path=latest) and the same settings",
+            "lenet-train ckpt_path=%s and the same settings",
             trainer.current_epoch + 1,
             done,
             self.last_checkpoint,
         )
 
 
-class LastCheckpoint(ResumableCheckpoint):
-    """``last.ckpt``, written after every epoch, holding the history of every epoch's metrics
-    (so a resumed run still reports all of them); each epoch is also printed as one line.
+class RunReport(L.Callback):
+    """``metrics.json`` in the run folder, rewritten as the run learns more: after fitting (the
+    epochs, their curves in ``curves.png``, the checkpoints), after testing (the test metrics and
+    the confusion matrix), and when training diverges (the good epochs and why it stopped)."""
 
-    Lightning runs a checkpoint callback's ``on_train_epoch_end`` after the module's own, where
-    the epoch's training metrics are logged: this one sees all of them.
-    """
+    def __init__(
+        self, out_dir: Path, config: dict, best: ModelCheckpoint, last: ModelCheckpoint
+    ) -> None:
+        self.out_dir, self.config, self.best, self.last = out_dir, config, best, last
+        self.start = time.perf_counter()
+        self.history: list[dict[str, float]] = []
+        self.facts: dict[str, Any] = {}
 
-    def __init__(self, dirpath: Path) -> None:
-        super().__init__(
-            dirpath, "last", enable_version_counter=False, save_on_train_epoch_end=True
-        )
-        self.epochs: list[dict[str, float]] = []
+    def write(self, trainer: L.Trainer, test: dict[str, float], **more: Any) -> None:
+        if trainer.is_global_zero:
+            facts = {**self.facts, **more, "config": self.config}
+            write_run_report(self.out_dir, self.history, test, MONITOR, **facts)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.refuse_diverged(trainer, pl_module)  # before a diverged epoch enters the history
-        row = {"epoch": trainer.current_epoch + 1}
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if key.startswith(("train/", "val/")):
-                row[key] = float(value)
-        self.epochs.append(row)
-        shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
-        pl_module.print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}")  # beside the bar
-        super().on_train_epoch_end(trainer, pl_module)
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+        device = str(trainer.strategy.root_device)
+        self.facts = {"parameters": count_parameters(pl_module), "device": device}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "epochs": self.epochs}
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.history = list(pl_module.history)  # testing the best checkpoint restores its own
+        self.facts |= {
+            "fit_seconds": round(time.perf_counter() - self.start, 2),
+            "best_checkpoint": self.best.best_model_path or None,  # none after fast_dev_run
+            "last_checkpoint": self.last.best_model_path or None,
+        }
+        self.write(trainer, {})  # what is known if testing is interrupted
+        if self.history and trainer.is_global_zero:
+            plot_curves(self.history, self.out_dir / "curves.png")
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.epochs = list(state_dict["epochs"])
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fitted = self.out_dir / "metrics.json"
+        if not self.history and fitted.exists():  # fitted in another process (ddp_spawn)
+            report = json.loads(fitted.read_text())
+            self.history = report["history"]
+            keep = ("parameters", "device", "fit_seconds", "best_checkpoint", "last_checkpoint")
+            self.facts = {k: report[k] for k in keep if k in report}
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        wall = round(time.perf_counter() - self.start, 2)
+        confusion = pl_module.confusion.tolist()  # true digit down, predicted across
+        self.write(trainer, test, wall_seconds=wall, confusion_matrix=confusion)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, Diverged):  # written: the good epochs; kept: the last good ckpt
+            self.history = list(pl_module.history)
+            self.write(trainer, {}, stopped=str(exception))
 
 
-class TensorBoardPictures(L.Callback):
-    """Sample training digits at the start; after testing, the confusion matrix and the test
-    digits the model got wrong (kept by the module, over all ranks). Needs a TensorBoard logger;
-    does nothing otherwise."""
+class TensorBoardExtras(L.Callback):
+    """Beyond the metrics: sample training digits at the start; after testing, the confusion
+    matrix, the test digits the model got wrong (kept by the module, over all ranks), and the
+    HParams tab (each run's settings beside its results). Does nothing without TensorBoard."""
 
-    def __init__(self, samples: int = 32) -> None:
-        self.samples = samples
+    def __init__(self, hparams: dict[str, Any], samples: int = 32) -> None:
+        self.hparams, self.samples = hparams, samples
 
     @staticmethod
     def _writer(trainer: L.Trainer) -> Any:
         logger = trainer.logger
-        return logger.experiment if isinstance(logger, TensorBoardLogger) else None
+        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            return logger.experiment
+        return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self._writer(trainer)
-        if writer is None or not trainer.is_global_zero:
+        if (writer := self._writer(trainer)) is None:
             return
         images, labels = next(iter(trainer.train_dataloader))
         n = min(self.samples, len(labels))
@@ -158,8 +204,7 @@ class TensorBoardPictures(L.Callback):
         writer.add_figure("samples/train", digits_figure(images[:n], titles), global_step=0)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = self._writer(trainer)
-        if writer is None or not trainer.is_global_zero:
+        if (writer := self._writer(trainer)) is None:
             return
         step = trainer.global_step
         figure = Figure(figsize=(6, 5.5), layout="constrained")
@@ -167,7 +212,12 @@ class TensorBoardPictures(L.Callback):
         writer.add_figure("test/confusion_matrix", figure, step)
         images, labels, preds = pl_module.mistakes
         if len(labels):
-            titles = [
-                f"true {t}, pred {p}" for t, p in zip(labels.tolist(), preds.tolist(), strict=True)
-            ]
+            pairs = zip(labels.tolist(), preds.tolist(), strict=True)
+            titles = [f"true {t}, pred {p}" for t, p in pairs]
             writer.add_figure("test/mistakes", digits_figure(images, titles), step)
+        best_val = trainer.checkpoint_callback.best_model_score
+        results = {
+            "hparams/val_acc_best": float(best_val if best_val is not None else "nan"),
+            "hparams/test_acc": float(trainer.callback_metrics["test/acc"]),
+        }
+        trainer.logger.log_hyperparams(self.hparams, results)

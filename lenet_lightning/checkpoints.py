@@ -7,7 +7,6 @@ a file crafted to run code when unpickled is refused before any of it runs.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import pickle
 import zipfile
@@ -17,7 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lenet_lightning.config import ConfigError, ModelConfig
+from lenet_lightning.config import ModelConfig
+from lenet_lightning.errors import ConfigError
+from lenet_lightning.model import WEIGHTS, LeNet5
 
 log = logging.getLogger(__name__)
 BEST_NAME = "best-epoch{epoch:03d}"  # a run's best checkpoint; epochs count from 1
@@ -59,36 +60,25 @@ def differences(ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[str, tuple[An
     then |= {f"data.{k}": v for k, v in data.items() if k != "seed"} | {"seed": data.get("seed")}
     now = {f"model.{k}": v for k, v in cfg["model"].items()}
     now |= {f"data.{k}": v for k, v in cfg["data"].items()} | {"seed": cfg["seed"]}
-    skip = {"data.data_dir", "data.sources"}
+    skip = {"data.data_dir", "data.sources", "data.eval_batch_size"}  # change nothing trained
     return {k: (then.get(k), v) for k, v in now.items() if k not in skip and then.get(k) != v}
 
 
 def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> Path:
-    """The checkpoint to resume ``cfg``'s run from: the file given, or for ``latest`` the newest
-    ``last.ckpt`` holding the same network. A different network is refused; other settings
-    that differ (the optimiser, the data) are reported."""
-    from lenet_lightning.model import LeNet5
+    """The checkpoint to resume ``cfg``'s run from.
 
-    network = {f"model.{name}" for name in inspect.signature(LeNet5).parameters}
+    A file given by name: a different network (other weights) is refused; other settings that
+    differ are reported, one line each. ``latest``: the newest ``last.ckpt`` below ``log_dir``
+    of this run's own line, trained with exactly these model and data settings and seed; one
+    that cannot be read is skipped with a line saying so.
+    """
     if value != "latest":
-        paths = [find_checkpoint(value, log_dir, "last.ckpt")]
-    elif not (paths := newest_first(log_dir, "last.ckpt")):
-        raise ConfigError(f"ckpt_path=latest: no last.ckpt below {Path(log_dir).resolve()}")
-    problems = []
-    for path in paths:
-        try:
-            differ = differences(read_checkpoint(path), cfg)
-        except ConfigError as err:
-            if value != "latest":
-                raise
-            problems.append(str(err))
-            continue
-        if mismatch := {k: v for k, v in differ.items() if k in network}:
-            shown = ", ".join(
-                f"{k}={then!r} (this run: {now!r})" for k, (then, now) in mismatch.items()
+        path = find_checkpoint(value, log_dir, "last.ckpt")
+        differ = differences(read_checkpoint(path), cfg)
+        if mismatch := {k: v for k, v in differ.items() if k.removeprefix("model.") in WEIGHTS}:
+            raise ConfigError(
+                f"ckpt_path={value!r}: {path} holds another network: {shown(mismatch)}"
             )
-            problems.append(f"{path} holds another network: {shown}")
-            continue
         for key, (then, now) in differ.items():
             log.warning("Resuming with %s=%r; the checkpoint was trained with %r", key, now, then)
         if any(key.startswith(OPTIMISER) for key in differ):
@@ -98,12 +88,34 @@ def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> P
             )
         log.info("Resuming from %s", path)
         return path
-    if value != "latest":
-        raise ConfigError(f"ckpt_path={value!r}: {problems[0]}")
+    paths = newest_first(log_dir, "last.ckpt")
+    newest_other = None
+    for path in paths:
+        try:
+            differ = differences(read_checkpoint(path), cfg)
+        except ConfigError as err:
+            log.warning("ckpt_path=latest: skipping %s: %s", path, err)
+            continue
+        if not differ:
+            log.info("Resuming from %s (ckpt_path=latest)", path)
+            return path
+        newest_other = newest_other or f"{path} differs in {shown(differ)}"
+    where = Path(log_dir).resolve()
+    if not paths:
+        raise ConfigError(f"ckpt_path=latest: no last.ckpt below {where}")
+    if not newest_other:
+        raise ConfigError(
+            f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {where} can be read"
+        )
     raise ConfigError(
-        f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {Path(log_dir).resolve()} "
-        f"fits this run; the newest: {problems[0]}"
+        f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {where} was trained with "
+        f"these settings (give the file as ckpt_path=... to resume it anyway); the newest: "
+        f"{newest_other}"
     )
+
+
+def shown(differ: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}={then!r} (this run: {now!r})" for k, (then, now) in differ.items())
 
 
 @contextmanager
@@ -131,10 +143,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def network_from(ckpt: dict[str, Any]) -> Any:
-    """The trained ``LeNet5`` a LitLeNet5 checkpoint holds, in eval mode."""
-    from lenet_lightning.model import LeNet5
-
+def trained_network(path: Path) -> tuple[LeNet5, bool]:
+    """The trained ``LeNet5`` in a LitLeNet5 checkpoint, in eval mode, and whether its run
+    standardised the pixels (``data.normalize``): what ``lenet-predict`` and the demo need."""
+    ckpt = read_checkpoint(path)
     network = LeNet5.from_settings(model_settings(ckpt))
     prefix = "model."  # LitLeNet5 keeps the network as self.model
     state = ckpt.get("state_dict", {})
@@ -143,4 +155,5 @@ def network_from(ckpt: dict[str, Any]) -> Any:
         network.load_state_dict(weights)
     except RuntimeError as err:
         raise ConfigError(f"the checkpoint does not hold a LeNet5 of its settings: {err}") from err
-    return network.eval()
+    normalize = ckpt.get("datamodule_hyper_parameters", {}).get("normalize", True)
+    return network.eval(), normalize

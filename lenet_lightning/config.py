@@ -17,13 +17,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lenet_lightning.errors import ConfigError
 from lenet_lightning.mnist_files import SOURCES
 
 CONFIG_MODULE = "lenet_lightning.conf"  # conf/, shipped inside the package
-
-
-class ConfigError(ValueError):
-    """A setting outside what is allowed; its message is one line naming key and value."""
 
 
 def setting(default: Any, allowed: str, check: Callable[[Any], bool], **more: Any) -> Any:
@@ -59,6 +56,10 @@ def fraction(default: float, high: float = 1.0, *, high_included: bool = False) 
     return setting(default, f"a number from 0 {up_to}", lambda v: _number(v) and ok(v))
 
 
+def seed_value() -> Any:
+    return setting(0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32)
+
+
 def share_of_epoch() -> Any:
     """Lightning's int-or-float settings: an int counts batches, a float is a share of them."""
 
@@ -88,8 +89,8 @@ class DataConfig(DataFilesConfig):
     batch_size: int = at_least(100, 1)  # training mini-batch
     val_size: int = setting(5000, "an integer from 0 to 59999", lambda v: 0 <= v <= 59_999)
     normalize: bool = True  # standardise with MNIST's mean and std; false = raw 0-255 values
-    split_seed: int = 0  # which training images form the validation split (val_size of them)
-    augment_degrees: float = at_least(0.0, 0)  # random rotation up to +/- this many degrees
+    split_seed: int = seed_value()  # which training images form the validation split
+    augment_degrees: float = fraction(0.0, 180, high_included=True)  # random rotation, +/- degrees
     augment_translate: float = fraction(0.0, 0.5, high_included=True)  # shift, share of the size
     augment_scale: float = fraction(0.0)  # zoom in or out by up to this share
 
@@ -121,6 +122,7 @@ class EvalTrainerConfig:
     num_nodes: int = at_least(1, 1)
     precision: str = "32-true"
     deterministic: bool = True  # the same seed and config give the same metrics
+    peer_timeout_s: int = at_least(300, 1)  # several processes: give up if not all connect
     limit_test_batches: Any = share_of_epoch()  # Any: OmegaConf would turn 1 into 1.0
     enable_progress_bar: bool = True
 
@@ -157,9 +159,7 @@ class PathsConfig(LogDirConfig):
 @dataclass
 class TrainConfig:
     task_name: str = "train"
-    seed: int = setting(  # seeds python, numpy and torch (Lightning's seed_everything)
-        0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32
-    )
+    seed: int = seed_value()  # seeds python, numpy and torch (Lightning's seed_everything)
     ckpt_path: str | None = None  # a last.ckpt to resume from, or latest
     tune: str | None = setting(  # lr_find: search a learning rate instead of training
         None, "null (train) or lr_find", lambda v: v in (None, "lr_find")

@@ -67,21 +67,25 @@ class ResidentBatches:
         self.rank, self.world_size = rank, world_size
 
     def indices(self) -> Tensor | None:
-        """This rank's sample indices for the current epoch, or None for "all, in order"."""
+        """This rank's sample indices for the current epoch, or None for "all, in order".
+
+        Training: equal shards of a new permutation (a remainder of under ``world_size``
+        images waits for the next epoch's). Evaluation: every image once, on one rank.
+        """
         n = len(self.labels)
-        if not self.shuffle and self.world_size == 1:
-            return None
-        if self.shuffle:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch()]).generate_state(1)[0])
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        else:
-            order = torch.arange(n)
+        if not self.shuffle:
+            if self.world_size == 1:
+                return None
+            return torch.arange(self.rank, n, self.world_size, device=self.labels.device)
+        seed = int(np.random.SeedSequence([self.seed, self.epoch()]).generate_state(1)[0])
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         per_rank = n // self.world_size
         return order[self.rank * per_rank : (self.rank + 1) * per_rank].to(self.labels.device)
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world_size
-        return -(-n // self.batch_size)
+        n, world = len(self.labels), self.world_size
+        mine = n // world if self.shuffle else len(range(self.rank, n, world))
+        return -(-mine // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.indices()
@@ -118,17 +122,20 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # kept in checkpoints: evaluation prepares data the same way
-        self.data_dir, self.sources = str(Path(data_dir).expanduser()), tuple(sources)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.normalize = val_size, normalize
-        self.split_seed, self.seed = split_seed, seed
+        self.data_dir = str(Path(data_dir).expanduser())
         self.augment = (augment_degrees, augment_translate, augment_scale)
         self.train_set: tuple[Tensor, Tensor] | None = None
         self.val_set: tuple[Tensor, Tensor] | None = None
         self.test_set: tuple[Tensor, Tensor] | None = None
 
     def prepare_data(self) -> None:
-        ensure_mnist(self.data_dir, self.sources)
+        ensure_mnist(self.data_dir, self.hparams.sources)
+
+    def batches_per_epoch(self) -> int:
+        """Training batches in an epoch on one process, before any limit."""
+        self.prepare_data()
+        _, labels = load_mnist(self.data_dir, train=True)
+        return -(-(len(labels) - self.hparams.val_size) // self.hparams.batch_size)
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
@@ -136,36 +143,38 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        device = self._device()
+        device, hp = self._device(), self.hparams
 
         def resident(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-            return to_float_images(images.to(device), self.normalize), labels.to(device)
+            return to_float_images(images.to(device), hp.normalize), labels.to(device)
 
         x, y = load_mnist(self.data_dir, train=True)
-        val = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
-        val = val[: self.val_size]
+        val = torch.randperm(len(y), generator=torch.Generator().manual_seed(hp.split_seed))
+        val = val[: hp.val_size]
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[val] = False
         self.train_set = resident(x[keep], y[keep])
         self.test_set = resident(*load_mnist(self.data_dir, train=False))
-        self.val_set = resident(x[val], y[val]) if self.val_size else self.test_set
+        self.val_set = resident(x[val], y[val]) if hp.val_size else self.test_set
 
     def _batches(self, data: tuple[Tensor, Tensor] | None, train: bool) -> ResidentBatches:
         assert data is not None, "call setup() first"
         trainer = self.trainer
         return ResidentBatches(
             *data,
-            self.batch_size if train else self.eval_batch_size,
+            self.hparams.batch_size if train else self.hparams.eval_batch_size,
             shuffle=train,
-            seed=self.seed,
+            seed=self.hparams.seed,
             epoch=lambda: trainer.current_epoch if trainer else 0,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple:
-        """Augment training batches (never validation or test ones) when augmentation is on."""
-        if self.trainer and self.trainer.training and any(self.augment):
+        """Augment training batches (never validation or test ones) when augmentation is on.
+        (The model summary's example input, a lone tensor, passes through here too.)"""
+        training = self.trainer and self.trainer.training
+        if training and any(self.augment) and isinstance(batch, (tuple, list)):
             images, labels = batch
             return random_affine(images, *self.augment), labels
         return batch

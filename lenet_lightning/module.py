@@ -2,12 +2,15 @@
 
 Logged metrics, as epoch means: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
 ``val/acc_best``, ``test/loss``, ``test/acc``: torchmetrics objects, synced over DDP ranks.
-Testing also keeps the confusion matrix and the first mistakes (over all ranks too).
+The module also keeps, for the run's report, every epoch's metrics (``history``, saved in each
+checkpoint), and after testing the confusion matrix and the first mistakes (over all ranks).
 Hyperparameters are plain values, so checkpoints load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -18,8 +21,15 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 
+from lenet_lightning.errors import to_log_files
 from lenet_lightning.model import LeNet5
 
+
+class Diverged(RuntimeError):
+    """The training loss is no longer a finite number; nothing of that epoch is kept."""
+
+
+log = logging.getLogger(__name__)
 MONITOR = "val/acc"  # what checkpointing and early stopping watch; higher is better
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -80,32 +90,99 @@ class LitLeNet5(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.test_confusion = MulticlassConfusionMatrix(10, validate_args=False)
         self.test_mistakes = Mistakes()
+        self.example_input_array = torch.zeros(1, 1, 28, 28)  # the summary's shapes and FLOPs
+        # For the run's report:
+        self.history: list[dict[str, float]] = []  # each epoch's train/ and val/ metrics
+        self.confusion: Tensor | None = None  # after testing: true digit down, predicted across
+        self.mistakes: tuple[Tensor, Tensor, Tensor] | None = None  # images, labels, preds
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def model_step(
+        self, batch: tuple[Tensor, Tensor], loss: MeanMetric, accuracy: Metric, smoothing: float = 0
+    ) -> tuple[Tensor, Tensor]:
+        """The loss of a batch and its predictions; the stage's metrics are updated."""
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.train_loss.update(loss.detach(), len(y))
-        self.train_acc.update(logits.argmax(dim=1), y)
-        return loss
+        value = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        preds = logits.argmax(dim=1)
+        loss.update(value.detach(), len(y))
+        accuracy.update(preds, y)
+        return value, preds
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        smoothing = self.hparams.label_smoothing
+        return self.model_step(batch, self.train_loss, self.train_acc, smoothing)[0]
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's training metrics, and record the epoch in ``history``; refuse a
+        diverged epoch here, before any checkpoint callback could save it."""
         self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc})
+        row = {"epoch": self.current_epoch + 1}
+        for key, value in sorted(self.trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")):
+                row[key] = float(value)
+        if not math.isfinite(row["train/loss"]):
+            raise Diverged(
+                f"the training loss became {row['train/loss']} in epoch {row['epoch']}: "
+                f"training diverged. Lower model.lr (now {self.hparams.lr:g}); "
+                "standardised inputs (data.normalize=true) and a schedule (model.scheduler) help"
+            )
+        self.history.append(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+        line = f"epoch {row['epoch']}/{self.trainer.max_epochs}: {shown}"
+        self.print(line)  # beside the progress bar
+        to_log_files(line)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The history carries on; weights saved with another dropout (whose layers shift the
+        others' names but hold no weight) are renamed to this network's layers."""
+        self.history = list(checkpoint.get("history", []))
+        then = LeNet5.from_settings(checkpoint.get("hyper_parameters", {})).state_dict()
+        now = self.model.state_dict()
+        shapes = lambda state: [tuple(v.shape) for v in state.values()]  # noqa: E731
+        if then.keys() != now.keys() and shapes(then) == shapes(now):
+            state = checkpoint["state_dict"]
+            pairs = zip(then, now, strict=True)
+            state.update({f"model.{new}": state.pop(f"model.{old}") for old, new in pairs})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.val_loss.update(F.cross_entropy(logits, y), len(y))
-        self.val_acc.update(logits.argmax(dim=1), y)
+        self.model_step(batch, self.val_loss, self.val_acc)
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check's validation
         best = getattr(self.trainer.checkpoint_callback, "best_model_score", None)
         if best is not None:  # a resumed run carries on from its best so far
             self.val_acc_best.update(best)
+        self.stretch_schedule()
+
+    def stretch_schedule(self) -> None:
+        """A run resumed with more (or fewer) epochs than its checkpoint's run planned: the
+        schedule restored from the checkpoint is stretched over this run's steps, carrying on
+        from the step reached; said in one line. (Restored as it was, a cosine schedule would
+        climb back up after its end, and a one-cycle one would stop the run.)"""
+        if not self.trainer.lr_scheduler_configs:
+            return
+        config = self.trainer.lr_scheduler_configs[0]
+        old = config.scheduler
+        if not hasattr(old, "T_max") and not hasattr(old, "total_steps"):
+            return  # not ours: the learning-rate finder's
+        planned = old.T_max if hasattr(old, "T_max") else old.total_steps
+        total, step = int(self.trainer.estimated_stepping_batches), self.trainer.global_step
+        if planned == total or step >= total:
+            return
+        config.scheduler = self.schedule(old.optimizer, total, last_step=step)
+        if self.trainer.is_global_zero:
+            lr = config.scheduler.get_last_lr()[0]
+            log.info(
+                "Resuming at step %d: the %s schedule planned %d steps, this run has %d; it is "
+                "stretched over the %d, so the learning rate is now %.3g",
+                step, self.hparams.scheduler, planned, total, total, lr,
+            )  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
@@ -113,19 +190,14 @@ class LitLeNet5(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute())
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        preds = logits.argmax(dim=1)
-        self.test_loss.update(F.cross_entropy(logits, y), len(y))
-        self.test_acc.update(preds, y)
-        self.test_confusion.update(preds, y)
-        self.test_mistakes.update(x, y, preds)
+        _, preds = self.model_step(batch, self.test_loss, self.test_acc)
+        self.test_confusion.update(preds, batch[1])
+        self.test_mistakes.update(*batch, preds)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc})
-        # Kept for metrics.json and TensorBoard: true digit down, predicted across.
         self.confusion = self.test_confusion.compute().cpu()  # every rank calls: they sync
-        self.mistakes = [t.cpu() for t in self.test_mistakes.compute()]
+        self.mistakes = tuple(t.cpu() for t in self.test_mistakes.compute())
         self.test_confusion.reset()
         self.test_mistakes.reset()
 
@@ -136,11 +208,19 @@ class LitLeNet5(L.LightningModule):
         )
         if hp.scheduler == "none":
             return {"optimizer": optimizer}
-        steps = int(self.trainer.estimated_stepping_batches)
-        if hp.scheduler == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        else:
-            schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=steps
-            )
+        schedule = self.schedule(optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def schedule(self, optimizer: Any, total: int, last_step: int = 0) -> Any:
+        """The learning-rate schedule over ``total`` steps, at step ``last_step``."""
+        lr_scheduler = torch.optim.lr_scheduler
+        if self.hparams.scheduler == "onecycle":
+            return lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.hparams.lr, total_steps=total, last_epoch=last_step - 1
+            )
+        made = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, last_epoch=last_step - 1)
+        if last_step:  # its step() alone would follow the old curve from where it was
+            for group, lr in zip(optimizer.param_groups, made._get_closed_form_lr(), strict=True):
+                group["lr"] = lr
+            made._last_lr = [group["lr"] for group in optimizer.param_groups]
+        return made

@@ -14,12 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpoints import (
-    BEST_CHECKPOINTS,
-    find_checkpoint,
-    network_from,
-    read_checkpoint,
-)
+from lenet_lightning.checkpoints import BEST_CHECKPOINTS, find_checkpoint, trained_network
 from lenet_lightning.cli import entry_point
 from lenet_lightning.images import ImageError, probabilities, read_image, to_mnist
 
@@ -49,9 +44,7 @@ def predict(cfg: DictConfig) -> tuple[list[Prediction], list[str]]:
     """Predict every image; return the predictions and one error line per unreadable file."""
     c = OmegaConf.to_container(cfg, resolve=True)
     path = find_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], BEST_CHECKPOINTS)
-    ckpt = read_checkpoint(path)
-    network = network_from(ckpt)
-    normalize = ckpt.get("datamodule_hyper_parameters", {}).get("normalize", True)
+    network, normalize = trained_network(path)
     predictions, errors = [], []
     files = image_files(c["images"])
     if not files:

@@ -1,5 +1,5 @@
-"""lenet-train: ``train(cfg)`` runs one job: fit, then test the best checkpoint (or, with
-``tune=lr_find``, search a learning rate instead).
+"""lenet-train: ``train(cfg)`` fits LeNet-5 as the config says, tests its best checkpoint and
+returns the metrics; ``lenet-train tune=lr_find`` searches a learning rate instead.
 
 ``main`` is the thin Hydra entry point (``lenet_lightning/cli.py``); tests, the notebook and
 the benchmarks call ``train`` with a config from ``compose_config``.
@@ -8,18 +8,17 @@ the benchmarks call ``train`` with a config from ``compose_config``.
 from __future__ import annotations
 
 import logging
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_lightning.checkpoints import BEST_NAME, resume_checkpoint
-from lenet_lightning.cli import entry_point, trainer_from
+from lenet_lightning.cli import entry_point
+from lenet_lightning.model import count_parameters
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Lightning takes seconds to import: only a run that passed the checks pays
     import lightning as L
 
 log = logging.getLogger(__name__)
@@ -29,109 +28,98 @@ def train(
     cfg: DictConfig,
     callbacks: Sequence[L.Callback] = (),
     datamodule: L.LightningDataModule | None = None,
-) -> float:
-    """Train and test one model as ``cfg`` says; return the best validation accuracy (with
-    ``tune=lr_find``: search a learning rate instead, and return the suggested one).
+) -> dict[str, float]:
+    """Train and test one model as ``cfg`` says; return the test metrics and ``val/acc_best``.
 
     ``callbacks`` join the run's own; ``datamodule`` replaces the one ``cfg.data`` describes.
     The benchmarks use both to time this very path, and to feed it another data pipeline.
     """
     c = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = c["ckpt_path"] and resume_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], c)
-    # Lightning takes seconds to import: only a run that passed the checks pays for it.
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lenet_lightning.callbacks import (
-        Diverged,
-        LastCheckpoint,
-        ResumableCheckpoint,
-        ResumeAfterInterrupt,
-        TensorBoardPictures,
-    )
+    from lenet_lightning.callbacks import AtomicCheckpointIO
     from lenet_lightning.data import MNISTDataModule
-    from lenet_lightning.model import count_parameters
     from lenet_lightning.module import MONITOR, LitLeNet5
-    from lenet_lightning.report import plot_curves, write_run_report
+    from lenet_lightning.trainer import trainer_from
 
     out_dir = Path(c["paths"]["output_dir"])
-    # Every epoch: the checkpoint to resume from, and the history of every epoch's metrics.
-    last = LastCheckpoint(out_dir / "checkpoints")
+    logger = make_logger(c["logger"], out_dir)
+    trainer = trainer_from(
+        c["trainer"],
+        default_root_dir=out_dir,
+        logger=logger,
+        callbacks=[*run_callbacks(c, out_dir, logger), *callbacks],
+        plugins=[AtomicCheckpointIO()],
+    )
+    L.seed_everything(c["seed"], workers=True, verbose=False)
+    module = LitLeNet5(**c["model"])
+    if datamodule is None:
+        datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
+    log.info("LeNet-5 with %d parameters; writing to %s", count_parameters(module), out_dir)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    best = trainer.checkpoint_callback
+    (test,) = trainer.test(
+        module, datamodule=datamodule, ckpt_path=best.best_model_path or None, weights_only=True
+    )  # no best checkpoint after fast_dev_run: the model as it is
+    best_val = best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0)
+    if trainer.is_global_zero:
+        log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
+    return {**test, f"{MONITOR}_best": float(best_val)}
+
+
+def make_logger(kind: str, out_dir: Path) -> Any:
+    """The run's Lightning logger: TensorBoard, CSV, or none (False)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if kind == "tensorboard":
+        return TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=False)
+    return CSVLogger(out_dir, name="csv", version="") if kind == "csv" else False
+
+
+def run_callbacks(c: dict, out_dir: Path, logger: Any) -> list[L.Callback]:
+    """The run's callbacks: the check against the data, the best and the last checkpoint (every
+    epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
+    early stopping and the learning-rate log where they apply."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelSummary
+
+    from lenet_lightning.callbacks import (
+        CheckAgainstTheData,
+        ResumableCheckpoint,
+        ResumeAfterInterrupt,
+        RunReport,
+        TensorBoardExtras,
+    )
+    from lenet_lightning.module import MONITOR
+
+    folder = out_dir / "checkpoints"
     best = ResumableCheckpoint(
-        last.dirpath,
+        folder,
         BEST_NAME,
         monitor=MONITOR,
         mode="max",
         auto_insert_metric_name=False,
         save_on_train_epoch_end=True,
     )
-    interrupt = ResumeAfterInterrupt(Path(last.format_checkpoint_name({})))
-    run_callbacks = [best, last, interrupt, TensorBoardPictures()]  # last.ckpt: best's state too
+    last = ResumableCheckpoint(
+        folder, "last", enable_version_counter=False, save_on_train_epoch_end=True
+    )  # listed after best: last.ckpt holds best's record too
+    hparams = {**flat(c["model"], "model."), **flat(c["data"], "data."), "seed": c["seed"]}
+    callbacks = [
+        CheckAgainstTheData(),
+        best,
+        last,
+        ResumeAfterInterrupt(Path(last.format_checkpoint_name({}))),
+        RunReport(out_dir, c, best, last),
+        TensorBoardExtras(hparams),
+        ModelSummary(max_depth=3),  # every layer with its input and output shape, and FLOPs
+    ]
     if patience := c["callbacks"]["early_stopping_patience"]:
-        run_callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
-    logger = {
-        "tensorboard": lambda: TensorBoardLogger(
-            out_dir, name="tensorboard", version="", default_hp_metric=False
-        ),
-        "csv": lambda: CSVLogger(out_dir, name="csv", version=""),
-        "none": lambda: False,
-    }["none" if c["tune"] else c["logger"]]()
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     if logger and c["model"]["scheduler"] != "none":
-        run_callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = trainer_from(
-        c["trainer"],
-        default_root_dir=out_dir,
-        logger=logger,
-        callbacks=[*run_callbacks, *callbacks],
-    )
-    L.seed_everything(c["seed"], workers=True, verbose=False)
-    module = LitLeNet5(**c["model"])
-    if datamodule is None:
-        datamodule = MNISTDataModule(**c["data"], seed=c["seed"])
-    if c["tune"] == "lr_find":
-        from lenet_lightning.tune import find_lr
-
-        return find_lr(trainer, module, datamodule, out_dir)
-    facts = {"parameters": count_parameters(module), "device": str(trainer.strategy.root_device)}
-    log.info("LeNet-5 with %d parameters; writing to %s", facts["parameters"], out_dir)
-
-    def report(epochs: list[dict], test: dict[str, float], **more: object) -> None:
-        if trainer.is_global_zero:
-            write_run_report(out_dir, epochs, test, MONITOR, **facts, **more, config=c)
-
-    start = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except Diverged as err:  # written: the good epochs; kept: the last good checkpoint
-        report(last.epochs, {}, stopped=str(err))
-        raise Diverged(f"{err}. The last good checkpoint: {interrupt.last_checkpoint}") from None
-    except SIGTERMException:  # Lightning stopped cleanly; a stopped job exits non-zero
-        sys.exit(143)
-    epochs = list(last.epochs)  # testing from a checkpoint restores the callbacks' state too
-    fitted = {
-        "fit_seconds": round(time.perf_counter() - start, 2),
-        "best_checkpoint": best.best_model_path or None,  # none after fast_dev_run
-        "last_checkpoint": last.best_model_path or None,
-    }
-    report(epochs, {}, **fitted)  # what is known if testing is interrupted
-    if epochs and trainer.is_global_zero:
-        plot_curves(epochs, out_dir / "curves.png")
-    (test,) = trainer.test(
-        module, datamodule=datamodule, ckpt_path=fitted["best_checkpoint"], weights_only=True
-    )
-    best_val = float(best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0))
-    if isinstance(logger, TensorBoardLogger):  # the HParams tab: settings beside their results
-        hparams = {**flat(c["model"], "model."), **flat(c["data"], "data."), "seed": c["seed"]}
-        results = {"hparams/val_acc_best": best_val, "hparams/test_acc": test["test/acc"]}
-        logger.log_hyperparams(hparams, results)
-    wall = round(time.perf_counter() - start, 2)
-    confusion = module.confusion.tolist()  # true digit down, predicted across
-    report(epochs, test, **fitted, wall_seconds=wall, confusion_matrix=confusion)
-    if trainer.is_global_zero:
-        log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
-    return best_val
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
 
 
 def flat(d: dict, prefix: str) -> dict:
@@ -139,7 +127,32 @@ def flat(d: dict, prefix: str) -> dict:
     return {prefix + k: (str(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()}
 
 
-main = entry_point("train", train)
+def find_learning_rate(cfg: DictConfig) -> float:
+    """``tune=lr_find``: Lightning's learning-rate finder on the configured model and data."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    import lightning as L
+
+    from lenet_lightning.data import MNISTDataModule
+    from lenet_lightning.module import LitLeNet5
+    from lenet_lightning.trainer import trainer_from
+    from lenet_lightning.tune import find_lr
+
+    out_dir = Path(c["paths"]["output_dir"])
+    trainer = trainer_from(
+        c["trainer"], default_root_dir=out_dir, logger=False, enable_checkpointing=False
+    )
+    L.seed_everything(c["seed"], workers=True, verbose=False)
+    module = LitLeNet5(**c["model"])
+    return find_lr(trainer, module, MNISTDataModule(**c["data"], seed=c["seed"]), out_dir)
+
+
+def lenet_train(cfg: DictConfig) -> float:
+    """What ``lenet-train`` runs: a learning-rate search, or training; returns the number a
+    sweeper optimises (the suggested rate, or the best validation accuracy)."""
+    return find_learning_rate(cfg) if cfg.tune == "lr_find" else train(cfg)["val/acc_best"]
+
+
+main = entry_point("train", lenet_train)
 
 if __name__ == "__main__":
     main()

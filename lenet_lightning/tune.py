@@ -8,7 +8,6 @@ restores the model as it was. Writes ``lr_find.png`` and ``lr_find.json`` into t
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
@@ -18,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 
-from lenet_lightning.config import ConfigError
+from lenet_lightning.errors import ConfigError
+from lenet_lightning.outputs import write_json
 
 MIN_LR, MAX_LR, STEPS = 1e-6, 1.0, 100
+FEWEST_STEPS = 20  # fewer cannot show where the loss falls fastest
 
 
 def train_command(lr: float) -> str:
@@ -28,6 +29,27 @@ def train_command(lr: float) -> str:
     given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [o for o in given if not o.lstrip("+~").startswith(("tune=", "model.lr="))]
     return shlex.join(["lenet-train", *kept, f"model.lr={lr:.3g}"])
+
+
+def steps_available(trainer: L.Trainer, batches_per_epoch: int) -> int:
+    """How many of its ``STEPS`` the finder can run: it stops at ``trainer.max_epochs``."""
+    limit = trainer.limit_train_batches
+    per_epoch = (
+        min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
+    )
+    steps = min(STEPS, per_epoch * trainer.max_epochs)
+    if steps < FEWEST_STEPS:
+        raise ConfigError(
+            f"tune=lr_find needs at least {FEWEST_STEPS} training steps; these settings give "
+            f"{steps} ({per_epoch} batches x {trainer.max_epochs} epochs): raise "
+            "trainer.max_epochs or trainer.limit_train_batches, or lower data.batch_size"
+        )
+    if steps < STEPS:
+        print(
+            f"lr_find: {steps} steps ({per_epoch} batches x {trainer.max_epochs} epochs), fewer "
+            f"than its {STEPS}: the same rates, {MIN_LR:g} to {MAX_LR:g}, in coarser steps"
+        )
+    return steps
 
 
 def find_lr(
@@ -40,15 +62,16 @@ def find_lr(
         )
     if trainer.world_size > 1:
         raise ConfigError("tune=lr_find runs on one device: use trainer=default or trainer=cpu")
+    steps = steps_available(trainer, datamodule.batches_per_epoch())
     start = time.perf_counter()
     finder = Tuner(trainer).lr_find(
-        module, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR, num_training=STEPS,
+        module, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR, num_training=steps,
         update_attr=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     suggestion = finder.suggestion()
     if suggestion is None:
-        raise RuntimeError(f"lr_find found no falling stretch of the loss in {STEPS} steps")
+        raise RuntimeError(f"lr_find found no falling stretch of the loss in its {steps} steps")
     out.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(6, 4), layout="tight")
     finder.plot(suggest=True, ax=figure.subplots())
@@ -63,7 +86,7 @@ def find_lr(
         "lr": finder.results["lr"],
         "loss": finder.results["loss"],
     }
-    (out / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "lr_find.json", result)
     print(f"Suggested learning rate: {suggestion:.3g} (lr_find.png and lr_find.json in {out})")
     print(f"Train with it: {command}")
     return suggestion

@@ -66,11 +66,16 @@ def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
 
 
 def run_cli(
-    *args: str, cwd: Path, app: str = "train", timeout: float = 300
+    *args: str,
+    cwd: Path,
+    app: str = "train",
+    timeout: float = 300,
+    env: dict[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``lenet-<app> ARGS`` (``python -m lenet_lightning.<module>``) in a fresh process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
+    """``lenet-<app> ARGS`` (``python -m lenet_lightning.<module>``) in a fresh process;
+    ``env`` sets variables for it (None: unset)."""
+    changes = {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
+    env = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
     module = {"eval": "evaluate", "shapes": "arithmetic"}.get(app, app)
     return subprocess.run(
         [sys.executable, "-m", f"lenet_lightning.{module}", *args],
@@ -92,16 +97,41 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
-    """The first ``count`` official test digits, saved as PNG files."""
+def mnist_test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """The official test digits and their labels, from where the runs keep MNIST."""
     from lenet_lightning.config import compose_config
     from lenet_lightning.data import load_mnist
 
-    data_dir = Path(compose_config([]).data.data_dir).expanduser()  # where the runs keep MNIST
-    images, _ = load_mnist(str(data_dir), train=False)
+    data_dir = Path(compose_config([]).data.data_dir).expanduser()
+    return load_mnist(str(data_dir), train=False)
+
+
+def mnist_labels(count: int) -> list[int]:
+    """The labels of the first ``count`` official test digits (those ``mnist_pngs`` saves)."""
+    return mnist_test_set()[1][:count].tolist()
+
+
+def mnist_pngs(folder: Path, count: int) -> tuple[list[Path], torch.Tensor]:
+    """The first ``count`` official test digits, saved as PNG files."""
+    images, _ = mnist_test_set()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         paths.append(folder / f"test-{i:02d}.png")
         Image.fromarray(images[i].numpy()).save(paths[-1])
     return paths, images[:count]
+
+
+def light_checkpoint(path: Path) -> Path:
+    """A checkpoint as LitLeNet5 writes it (what lenet-predict reads), without Lightning: the
+    network of ModelConfig's defaults, untrained (its weights are seeded, so always the same)."""
+    from lenet_lightning.config import ModelConfig
+    from lenet_lightning.model import LeNet5
+
+    settings = vars(ModelConfig())
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LeNet5.from_settings(settings)
+    state = {f"model.{k}": v for k, v in network.state_dict().items()}
+    torch.save({"hyper_parameters": settings, "state_dict": state}, path)
+    return path

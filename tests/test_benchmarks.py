@@ -4,10 +4,12 @@ Speed is not asserted here: the figures and their targets live in the benchmarks
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
@@ -26,11 +28,24 @@ def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Pa
     assert set(results["variants"]) == {"A", "B", "C", "B step-log", "B nchw"}
     settings = results["settings"]
     assert settings["train_images_per_epoch"] == 400 and settings["eval_images_per_epoch"] == 200
-    for row in results["variants"].values():
-        assert len(row["epochs"]) == settings["rounds"] * settings["epochs_per_round"] == 2
-        assert row["median_epoch_s"] > 0 and row["images_per_s"] > 0
-        assert row["peak_memory_mib"] >= 0 and row["epochs_kept"] >= 1
-        assert all(0 <= e["foreign_cpu"] <= 1 and e["load_avg"] >= 0 for e in row["epochs"])
+    printed = capsys.readouterr().out
+    for name, row in results["variants"].items():
+        epochs = row["epochs"]
+        assert len(epochs) == settings["rounds"] * settings["epochs_per_round"] == 2
+        assert all(0 <= e["foreign_cpu"] <= 1 for e in epochs)  # a share of the CPUs
+        # The epochs kept are those the rest of the machine left alone enough (all, if none).
+        quiet = [e for e in epochs if e["foreign_cpu"] <= settings["max_foreign_cpu"]]
+        kept = [e["seconds"] for e in quiet or epochs]
+        assert (row["epochs_kept"], row["epochs_discarded"]) == (len(kept), 2 - len(kept))
+        assert row["median_epoch_s"] == round(statistics.median(kept), 3) > 0
+        assert row["images_per_s"] == round(400 / statistics.median(kept))  # training images
+        step = "-" if name == "A" else f"{row['median_step_ms']:.2f}"
+        load = statistics.median(e["load_avg"] for e in epochs)
+        foreign = max(e["foreign_cpu"] for e in epochs)
+        cells = [name, f"{row['median_epoch_s']:.2f}", f"{row['images_per_s']:,}"]
+        cells += [f"{row['peak_memory_mib']:.0f}", step, f"{len(kept)}/2", f"{load:.1f}"]
+        cells.append(f"{foreign:.0%}")
+        assert "| " + " | ".join(cells) + " |" in printed.splitlines()  # the JSON's figures
     rows = results["variants"]
     b_over_a = rows["B"]["median_epoch_s"] / rows["A"]["median_epoch_s"]
     assert results["ratios"]["B/A"] == pytest.approx(b_over_a, abs=1e-3)
@@ -38,9 +53,8 @@ def test_epoch_time_writes_every_variant_and_the_ratios(tiny_mnist, tmp_path: Pa
     assert set(results["targets_met"].values()) == {None}  # quick runs judge nothing
     assert rows["B step-log"]["median_step_ms"] > 0 and rows["B"]["median_step_ms"] > 0
     machine = results["machine"]
-    assert machine["torch_threads"] >= 1 and machine["device"] == "cpu"
+    assert machine["torch_threads"] == torch.get_num_threads() and machine["device"] == "cpu"
     assert {"torch", "lightning", "torchvision"} <= set(machine["libraries"])
-    printed = capsys.readouterr().out
     assert "| A |" in printed and "B/A = " in printed and "C/B = " in printed
     assert "| B step-log |" in printed and "step-log cost = " in printed
 
@@ -61,7 +75,9 @@ def test_time_to_accuracy_stops_at_the_target(tiny_mnist, tmp_path: Path, capsys
         first = next(p for p in easy["curve"] if p[index] >= 0.5)  # the first check above
         assert reached["train_s"] == pytest.approx(first[0], abs=1e-3)
     last = easy["curve"][-1]
-    assert min(last[2:]) >= 0.5 and 0 <= easy["final_test_acc"] <= 1  # stopped once both had
+    assert min(last[2:]) >= 0.5  # stopped once both had
+    # It stopped at that check, so its best (and last) checkpoint is the network measured there.
+    assert easy["final_test_acc"] == pytest.approx(last[3], abs=1e-6)
     (never,) = results["configs"]["never"]["runs"]
     assert never["to_val"] is None and never["to_test"] is None
     assert len(never["curve"]) == 2  # two checks in its one epoch

@@ -3,8 +3,8 @@ through the same composition and check as the command lines)."""
 
 import pytest
 
-from lenet_lightning.cli import one_line
 from lenet_lightning.config import compose_config
+from lenet_lightning.errors import one_line
 
 BAD_INPUTS = [  # override, what the one line must say
     ("model.lr=-1", "model.lr=-1.0 is not allowed: expected a finite number > 0"),
@@ -47,6 +47,12 @@ BAD_INPUTS = [  # override, what the one line must say
         "data.sources=['ftp'] is not allowed: expected a list from ['torchvision', 'pypi']",
     ),
     ("data.augment_translate=0.9", "data.augment_translate=0.9 is not allowed"),
+    ("data.augment_degrees=1e39", "data.augment_degrees=1e+39 is not allowed: expected a number"),
+    (
+        "data.split_seed=18446744073709551616",
+        "data.split_seed=18446744073709551616 is not allowed: expected an integer from 0 to",
+    ),
+    ("trainer.peer_timeout_s=0", "trainer.peer_timeout_s=0 is not allowed"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1"),
     ("trainer.max_epochs=-3", "trainer.max_epochs=-3 is not allowed"),
     (

@@ -4,8 +4,8 @@ It uploads real MNIST test digits and draws on the canvas; the page must read wh
 lenet-predict reads. ``LENET_DEMO_SCREENSHOT=docs/demo.png`` also saves the README's picture.
 """
 
+import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -107,7 +107,8 @@ def test_uploaded_mnist_digits_are_read_as_lenet_predict_reads_them(
     assert time.perf_counter() - started < 120
     served = page.inner_text("body")
     assert str(ckpt.relative_to(trained_run.parents[3])) in served
-    assert re.search(r"test accuracy \d+\.\d\d%", served)
+    test_acc = json.loads((trained_run / "metrics.json").read_text())["final"]["test/acc"]
+    assert f"test accuracy {test_acc:.2%}" in served  # the run's own figure
 
 
 def test_strokes_on_the_canvas_give_a_digit_and_the_28x28_input(page, demo: str) -> None:
@@ -123,7 +124,9 @@ def test_strokes_on_the_canvas_give_a_digit_and_the_28x28_input(page, demo: str)
         page.mouse.move(x + 60 - step * 4, y - 100 + step * 10)
     page.mouse.up()
     page.wait_for_function("document.querySelector('#prediction textarea').value !== ''")
-    assert page.input_value("#prediction textarea") in [str(d) for d in range(10)]
+    # One epoch of training (trained_run) reads this stroke as a 7 with 97-99% at every brush
+    # width (10-30 px) and canvas scale (0.8-2x) tried, drawn offline with PIL: no allowance.
+    assert page.input_value("#prediction textarea") == "7"
     page.wait_for_selector("#seen img")
     assert page.inner_text("#message .md") == ""
     if target := os.environ.get("LENET_DEMO_SCREENSHOT"):

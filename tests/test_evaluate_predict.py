@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lenet_lightning.checkpoints import network_from, read_checkpoint
+from lenet_lightning.checkpoints import read_checkpoint, trained_network
 from lenet_lightning.config import ConfigError
 from lenet_lightning.images import to_float_images, to_mnist
 from tests.conftest import mnist_pngs
@@ -48,7 +48,7 @@ def test_predictions_on_saved_mnist_digits_match_the_data_set(
 ) -> None:
     _, images = mnist_pngs(tmp_path / "digits", 20)
     ckpt = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
-    model = network_from(read_checkpoint(Path(ckpt)))
+    model, _ = trained_network(Path(ckpt))
     with torch.inference_mode():
         expected = model(to_float_images(images, normalize=True)).argmax(1).tolist()
     done = app("predict", f"ckpt_path={ckpt}", f"images=[{tmp_path / 'digits'}]", cwd=tmp_path)

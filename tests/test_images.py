@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from lenet_lightning.checkpoints import read_checkpoint
 from lenet_lightning.config import compose_config
 from lenet_lightning.demo import PIXEL, Reader
 from lenet_lightning.images import ImageError, read_image, to_mnist
 from lenet_lightning.predict import predict
-from tests.test_cli import light_checkpoint
+from tests.conftest import light_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 280
@@ -206,7 +205,7 @@ def test_nan_or_infinite_pixels_are_refused_naming_the_file(tmp_path: Path) -> N
 def test_the_demo_names_an_upload_by_its_own_name(tmp_path: Path) -> None:
     stored = tmp_path / "gradio" / "3f2a9c"  # where Gradio keeps an upload
     stored.mkdir(parents=True)
-    reader = Reader(read_checkpoint(light_checkpoint(tmp_path / "model.ckpt")))
+    reader = Reader(light_checkpoint(tmp_path / "model.ckpt"))
     digit, probs, seen, message = reader.upload(
         str(damaged_tiff(stored / "scan.tif", "no rows per strip"))
     )

@@ -1,3 +1,4 @@
+import inspect
 import itertools
 from dataclasses import asdict, fields
 
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from lenet_lightning.config import ModelConfig
-from lenet_lightning.model import LeNet5, count_parameters
+from lenet_lightning.model import NETWORK, LeNet5, count_parameters
 
 
 def lenet5(**changes: object) -> LeNet5:
@@ -28,6 +29,17 @@ def test_default_is_the_lessons_lenet5() -> None:
     assert {type(m) for m in model.modules()} >= {torch.nn.Tanh, torch.nn.AvgPool2d}
     kinds = (torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.Dropout, torch.nn.BatchNorm2d)
     assert not any(isinstance(m, kinds) for m in model.modules())
+
+
+def test_model_config_and_lenet5_have_the_same_defaults_and_network_names_its_arguments() -> None:
+    parameters = list(inspect.signature(LeNet5.__init__).parameters.values())[1:]  # after self
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in parameters)
+    signature = {p.name: p.default for p in parameters}
+    assert sorted(NETWORK) == sorted(signature) and len(NETWORK) == len(signature)
+    defaults = ModelConfig()
+    assert {name: getattr(defaults, name) for name in NETWORK} == signature
+    assert all(type(getattr(defaults, n)) is type(v) for n, v in signature.items())  # 0.0, not 0
+    assert count_parameters(LeNet5()) == 61_706  # LeNet5() alone is the lesson's network too
 
 
 def test_layer_shapes_for_a_batch() -> None:

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.config import compose_config
-from lenet_lightning.report import sweep_jobs, write_sweep_summary
+from lenet_lightning.sweeps import sweep_jobs, write_sweep_summary
 from lenet_lightning.train import train
 from tests.conftest import run_cli, tiny_overrides
 
@@ -64,7 +65,7 @@ def test_lenet_report_rebuilds_an_interrupted_sweep(sweep: Path, tmp_path: Path)
     (copy / "summary.md").unlink()
     (copy / "1" / "metrics.json").unlink()  # job 1 "did not finish"
     done = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.report", str(copy)], capture_output=True, text=True
+        [sys.executable, "-m", "lenet_lightning.sweeps", str(copy)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     summary = (copy / "summary.md").read_text()
@@ -115,7 +116,7 @@ def test_failed_and_never_run_jobs_are_listed(tmp_path: Path) -> None:
 
 def test_lenet_report_on_a_folder_without_runs(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.report", str(tmp_path)],
+        [sys.executable, "-m", "lenet_lightning.sweeps", str(tmp_path)],
         capture_output=True,
         text=True,
     )
@@ -130,19 +131,30 @@ def test_tensorboard_gets_hparams_samples_confusion_matrix_mistakes_and_lr(
     train(compose_config(tiny_overrides(tiny_mnist, out, *overrides)))
     tags = {"images": set(), "scalars": set()}
     hparams_seen = False
+    lr = []  # (step, learning rate) as TensorBoard received them
     for events in (out / "tensorboard").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
         acc.Reload()
         tags["images"] |= set(acc.Tags()["images"])
         tags["scalars"] |= set(acc.Tags()["scalars"])
         hparams_seen |= "_hparams_/session_start_info" in acc.summary_metadata
+        if "lr-Adam" in acc.Tags()["scalars"]:
+            lr += [(e.step, e.value) for e in acc.Scalars("lr-Adam")]
     assert {"samples/train", "test/confusion_matrix", "test/mistakes"} <= tags["images"]
-    assert {"val/acc", "train/loss", "lr-AdamW", "lr-Adam"} & tags["scalars"] >= {
-        "val/acc",
-        "train/loss",
-    }
-    assert any(t.startswith("lr-") for t in tags["scalars"])
-    assert "hparams/test_acc" in tags["scalars"] and hparams_seen
+    assert {"val/acc", "train/loss", "hparams/test_acc"} <= tags["scalars"] and hparams_seen
+    assert [t for t in tags["scalars"] if t.startswith("lr-")] == ["lr-Adam"]  # model.optimizer
+    # Every step's rate (2 epochs of 300 / 50 = 6 steps), as torch's OneCycleLR gives them.
+    steps = 12
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps)
+    expected = []
+    for _ in range(steps):
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert [step for step, _ in sorted(lr)] == list(range(steps))
+    assert [value for _, value in sorted(lr)] == pytest.approx(expected, rel=1e-6)
+    assert sorted(lr)[0][1] == pytest.approx(1e-3 / 25)  # OneCycleLR starts at max_lr / 25
 
 
 def test_a_run_of_two_epochs_equals_one_epoch_resumed_for_one_more(

@@ -5,33 +5,45 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
-from lenet_lightning.callbacks import Diverged
-from lenet_lightning.cli import one_line
 from lenet_lightning.config import ConfigError, compose_config
-from lenet_lightning.report import strict_json
+from lenet_lightning.errors import one_line
+from lenet_lightning.module import Diverged
+from lenet_lightning.outputs import strict_json
 from lenet_lightning.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import N_TEST, synthetic_split, tiny_overrides
 
 
 def test_fast_dev_run(tiny_mnist, tmp_path: Path) -> None:
     train(compose_config(tiny_overrides(tiny_mnist, tmp_path / "run", "trainer.fast_dev_run=true")))
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= report["final"]["test/acc"] <= 1 and report["parameters"] == 61_706
+    assert report["parameters"] == 61_706 and report["epochs"] == len(report["history"]) == 1
+    assert report["best_checkpoint"] is None  # fast_dev_run saves no checkpoint
+    assert_one_test_batch(report)
+
+
+def assert_one_test_batch(report: dict) -> None:
+    """The report's test accuracy is that of the first test batch (the first 100 images)."""
+    confusion = torch.tensor(report["confusion_matrix"])  # true digit down, predicted across
+    labels = synthetic_split(N_TEST, 2)[1][:100]  # as tiny_mnist made them
+    assert confusion.sum(1).tolist() == np.bincount(labels, minlength=10).tolist()
+    assert report["final"]["test/acc"] == pytest.approx(float(confusion.diagonal().sum() / 100))
 
 
 def test_a_short_run_writes_its_report_checkpoints_and_events(tiny_mnist, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    best_val = train(compose_config(tiny_overrides(tiny_mnist, out, "model.lr=0.003")))
+    metrics = train(compose_config(tiny_overrides(tiny_mnist, out, "model.lr=0.003")))
     report = json.loads((out / "metrics.json").read_text())
     assert report["epochs"] == 2 and len(report["history"]) == 2
     expected = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"}
     assert set(report["history"][0]) == expected | {"epoch"}
     assert {"test/loss", "test/acc"} <= set(report["final"])
     assert report["best"]["val/acc"] == max(row["val/acc"] for row in report["history"])
-    assert best_val == pytest.approx(report["best"]["val/acc"])
+    assert metrics["val/acc_best"] == pytest.approx(report["best"]["val/acc"])
+    assert metrics["test/acc"] == report["final"]["test/acc"]
     assert report["final"]["test/acc"] > 0.5  # the synthetic digits are easy to learn
     assert report["config"]["model"]["lr"] == 0.003 and report["fit_seconds"] > 0
     confusion = torch.tensor(report["confusion_matrix"])  # true digit down, predicted across
@@ -44,10 +56,7 @@ def test_a_short_run_writes_its_report_checkpoints_and_events(tiny_mnist, tmp_pa
     # Checkpoints hold plain values only: they load with weights_only=True.
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["activation"] == "tanh"
-    assert (
-        next(v["epochs"] for k, v in ckpt["callbacks"].items() if k.startswith("LastCheckpoint"))
-        == report["history"]
-    )
+    assert ckpt["history"] == report["history"]  # a resumed run carries on the history
 
 
 def test_best_is_the_epoch_of_the_best_checkpoint(tiny_mnist, tmp_path: Path) -> None:
@@ -132,7 +141,8 @@ def test_every_experiment_trains_for_fast_dev_run(tiny_mnist, tmp_path: Path, ex
     )
     train(compose_config([*overrides, "data.val_size=100"]))
     report = json.loads((out / "metrics.json").read_text())
-    assert report["parameters"] < 100_000 and "test/acc" in report["final"]
+    assert report["parameters"] < 100_000
+    assert_one_test_batch(report)
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
@@ -206,20 +216,30 @@ def test_a_checkpoint_of_another_network_is_refused_naming_what_differs(
         resume(tiny_mnist, tmp_path, "latest", "model.conv_size=3")
 
 
-def test_latest_takes_the_newest_checkpoint_that_fits_and_names_what_else_differs(
+def test_latest_takes_only_a_checkpoint_of_this_runs_own_settings(
     tiny_mnist, tmp_path: Path, first_run: Path, caplog
 ) -> None:
-    other = tiny_overrides(
-        tiny_mnist, tmp_path / "newer", "trainer.max_epochs=1", "model.conv_size=3"
-    )
-    train(compose_config(other))  # newer, but another network
+    other = tiny_overrides(tiny_mnist, tmp_path / "newer", "trainer.max_epochs=1", "seed=3")
+    train(compose_config(other))  # newer, but another run's line
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "last.ckpt").write_bytes(b"cut short")
+    with pytest.raises(ConfigError, match=r"none of the 3 last\.ckpt below .* was trained with"):
+        resume(tiny_mnist, tmp_path, "latest", "model.lr=0.01")  # changes what is trained
     with caplog.at_level("INFO", logger="lenet_lightning"):
-        resume(tiny_mnist, tmp_path, "latest", "model.lr=0.01", "data.batch_size=25")
-    assert f"Resuming from {first_run}" in caplog.text
-    assert "Resuming with model.lr=0.01; the checkpoint was trained with 0.001" in caplog.text
-    assert "Resuming with data.batch_size=25; the checkpoint was trained with 50" in caplog.text
-    assert "The optimiser and its schedule resume as the checkpoint left them" in caplog.text
+        resume(tiny_mnist, tmp_path, "latest", "data.eval_batch_size=50")
+    assert f"Resuming from {first_run} (ckpt_path=latest)" in caplog.text
+    assert f"ckpt_path=latest: skipping {tmp_path / 'broken' / 'last.ckpt'}" in caplog.text
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_named_checkpoint_resumes_with_other_settings_said_one_line_each(
+    tiny_mnist, tmp_path: Path, first_run: Path, caplog
+) -> None:
+    with caplog.at_level("INFO", logger="lenet_lightning"):
+        resume(tiny_mnist, tmp_path, str(first_run), "model.dropout=0.3", "model.lr=0.01")
+    assert "Resuming with model.dropout=0.3; the checkpoint was trained with 0.0" in caplog.text
+    assert "Resuming with model.lr=0.01; the checkpoint was trained with 0.001" in caplog.text
+    assert "The optimiser and its schedule resume as the checkpoint left them" in caplog.text
 
 
 class InterruptTesting(L.Callback):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lenet_lightning.cli import trainer_from
 from lenet_lightning.config import ConfigError, ModelConfig, compose_config
 from lenet_lightning.data import MNISTDataModule
 from lenet_lightning.module import LitLeNet5
-from lenet_lightning.train import train
+from lenet_lightning.train import lenet_train
+from lenet_lightning.trainer import trainer_from
 from lenet_lightning.tune import STEPS, find_lr, train_command
 from tests.conftest import tiny_overrides
 
@@ -27,7 +27,7 @@ def test_the_finder_suggests_a_rate_for_every_experiment_and_trains_nothing_else
     chosen = [f"experiment={experiment}"] if experiment else []
     # batch 2: 150 batches an epoch, more than the finder's steps
     overrides = tiny_overrides(tiny_mnist, out, *chosen, "data.batch_size=2", "tune=lr_find")
-    suggestion = train(compose_config(overrides))
+    suggestion = lenet_train(compose_config(overrides))
     found = json.loads((out / "lr_find.json").read_text())
     assert found["suggestion"] == suggestion and 1e-6 < suggestion < 1
     assert 10 < found["steps"] <= STEPS and len(found["lr"]) == len(found["loss"]) == found["steps"]
@@ -60,7 +60,7 @@ def test_the_model_is_restored_afterwards(tiny_mnist, tmp_path: Path) -> None:
 def test_a_config_that_cannot_be_tuned_is_refused(tiny_mnist, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         overrides = tiny_overrides(tiny_mnist, tmp_path / "run", "tune=lr_find", override)
-        train(compose_config(overrides))
+        lenet_train(compose_config(overrides))
 
 
 def test_the_command_to_train_with_the_rate_outside_hydra() -> None:

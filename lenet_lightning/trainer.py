@@ -1,0 +1,49 @@
+"""The Lightning ``Trainer`` a command runs: the config's ``trainer`` settings and the command's
+own, with what Lightning refuses turned into one line and its messages kept to those that
+concern the user."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from lenet_lightning.errors import ConfigError
+
+
+def no_advertisement(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡")
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's advertisements, and warnings that are not the user's to act on, off the
+    run's output; let Hydra's handlers (console and the run's log) show the rest once."""
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
+    # A deprecation inside Lightning 2.6 itself (with recent torch):
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Lightning's hint that `srun` exists, on a machine where this run was not started by it:
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    # Lightning's advice on step logging: our metrics are logged once per epoch.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+
+
+def trainer_from(settings: dict[str, Any], **ours: Any) -> L.Trainer:
+    """The Trainer of the config's ``trainer`` settings (null: Lightning's default) and ours.
+    What Lightning refuses becomes a ConfigError, so one line."""
+    quiet_lightning()
+    settings = {k: v for k, v in settings.items() if v is not None}
+    peer_timeout = settings.pop("peer_timeout_s", None)
+    try:
+        trainer = L.Trainer(**settings, **ours)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        given = ", ".join(f"{k}={settings[k]!r}" for k in ("accelerator", "devices", "precision"))
+        raise ConfigError(f"Lightning refused the trainer settings ({given}): {err}") from err
+    if peer_timeout and hasattr(trainer.strategy, "_timeout"):  # DDP's wait for its peers
+        trainer.strategy._timeout = timedelta(seconds=peer_timeout)
+    return trainer
