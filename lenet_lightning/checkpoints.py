@@ -23,7 +23,13 @@ from lenet_lightning.model import WEIGHTS, LeNet5
 log = logging.getLogger(__name__)
 BEST_NAME = "best-epoch{epoch:03d}"  # a run's best checkpoint; epochs count from 1
 BEST_CHECKPOINTS = "best-*.ckpt"  # what ckpt_path=latest looks for in lenet-eval, -predict, -demo
-OPTIMISER = ("model.lr", "model.weight_decay", "model.optimizer", "model.scheduler")
+OPTIMISER = (
+    "model.lr",
+    "model.weight_decay",
+    "model.momentum",
+    "model.optimizer",
+    "model.scheduler",
+)
 
 
 def find_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:

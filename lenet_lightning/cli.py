@@ -31,6 +31,7 @@ MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
 RUN_FILES = ("checkpoints", "metrics.json")  # what makes a folder hold a run's results
 MADE = "LENET_RUN_DIR_MADE"  # the run folder CheckConfig made for this run, and the first
 EXISTED = "LENET_RUN_DIR_EXISTED"  # folder above it that existed before
+SWEEP = "LENET_SWEEP_DIR"  # the folder CheckConfig claimed for this sweep
 SIGTERM_EXIT = 143  # 128 + 15: what a shell reports for a process ended by SIGTERM
 
 
@@ -52,7 +53,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
                 try:
                     return task(cfg)
                 except BaseException:
-                    remove_if_unused(out_dir, hydra_cfg.job.name)
+                    remove_if_unused()
                     raise
         try:
             return task(cfg)
@@ -69,6 +70,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
             try:
                 job()
             except KeyboardInterrupt:  # before or between Lightning's own handling of Ctrl-C
+                remove_if_unused()  # Ctrl-C while Hydra was still writing the run's folder
                 summarize_stopped_sweep()
                 fail(f"{prog}: interrupted", 130)
             except SystemExit as stop:
@@ -82,25 +84,23 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
 
 def summarize_stopped_sweep() -> None:
     """A sweep stopped before its end (Ctrl-C, SIGTERM): its summary, as far as it got."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
-    folder = Path(HydraConfig.get().sweep.dir)
-    if folder.is_dir() and not (folder / "summary.md").exists():
+    folder = Path(os.environ.get(SWEEP, ""))
+    if os.environ.get(SWEEP) and folder.is_dir() and not (folder / "summary.md").exists():
         write_sweep_summary(folder)
         print(f"The sweep stopped; its summary so far: {folder / 'summary.md'}", file=sys.stderr)
 
 
-def remove_if_unused(job_dir: Path, job_name: str) -> None:
+def remove_if_unused() -> None:
     """Remove the run folder ``CheckConfig`` made for this run if the run saved nothing in it
     (only Hydra's files and the logs of a start that failed), and the folders made above it."""
-    if os.environ.get(MADE) != str(job_dir.absolute()) or not job_dir.is_dir():
-        return  # not a folder this run made: never removed
-    start_only = {".hydra", f"{job_name}.log", "tensorboard", "csv"}
-    if {p.name for p in job_dir.iterdir()} - start_only:
+    if not (made := os.environ.get(MADE)) or not (job_dir := Path(made)).is_dir():
+        return  # no folder made for this run: nothing is ever removed
+    start_only = {".hydra", "tensorboard", "csv"}
+    if any(p.name not in start_only and p.suffix != ".log" for p in job_dir.iterdir()):
         return
     shutil.rmtree(job_dir)
     existed = Path(os.environ[EXISTED])
-    for parent in job_dir.absolute().parents:
+    for parent in job_dir.parents:
         if existed not in parent.parents or any(parent.iterdir()):
             break
         parent.rmdir()
@@ -184,6 +184,7 @@ class CheckConfig(Callback):
                 except ConfigError as err:
                     raise ConfigError(f"{err} (in the job {' '.join(overrides)})") from err
             folder = self.claim(config, "hydra.sweep.dir", Path(config.hydra.sweep.dir).absolute())
+            os.environ[SWEEP] = str(folder)
             with read_write(config.hydra):  # the jobs' configs are composed from these overrides
                 config.hydra.sweep.dir = str(folder)
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")

@@ -106,7 +106,8 @@ class ModelConfig:
     dropout: float = fraction(0.0)  # probability, before each fully connected layer
     lr: float = positive(1e-3)
     weight_decay: float = at_least(0.0, 0)
-    optimizer: str = choice("adam", "adamw")
+    optimizer: str = choice("adam", "adamw", "sgd")
+    momentum: float = fraction(0.0)  # sgd only: the share of the last step kept
     scheduler: str = choice("cosine", "none", "onecycle")  # per step, over the whole run
     label_smoothing: float = fraction(0.0)
     channels_last: bool = True  # NHWC memory layout: the same network, faster convolutions

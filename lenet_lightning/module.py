@@ -31,7 +31,7 @@ class Diverged(RuntimeError):
 
 log = logging.getLogger(__name__)
 MONITOR = "val/acc"  # what checkpointing and early stopping watch; higher is better
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 class Mistakes(Metric):
@@ -72,6 +72,7 @@ class LitLeNet5(L.LightningModule):
         *,
         lr: float,
         weight_decay: float,
+        momentum: float,
         optimizer: str,
         scheduler: str,
         label_smoothing: float,
@@ -203,8 +204,9 @@ class LitLeNet5(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
+        more = {"momentum": hp.momentum} if hp.optimizer == "sgd" else {}
         optimizer = OPTIMIZERS[hp.optimizer](  # fused: one kernel per step, not ~100 small ones
-            self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True
+            self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True, **more
         )
         if hp.scheduler == "none":
             return {"optimizer": optimizer}

@@ -123,7 +123,10 @@ def find_jobs(folder: Path) -> list[Job]:
         hydra = yaml.safe_load(multirun.read_text())["hydra"] if multirun.exists() else {}
         if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
             for n, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
-                jobs.setdefault(str(n), Job(str(n), _pairs(overrides), ran=False))
+                job = jobs.setdefault(str(n), Job(str(n), {}, ran=False))
+                job.overrides = job.overrides or _pairs(
+                    overrides
+                )  # stopped before Hydra wrote them
     except Exception as err:  # the jobs that ran are still summarised
         why = f"cannot read {multirun}: {' '.join(str(err).split()) or type(err).__name__}"
         jobs[multirun.name] = Job(multirun.name, {}, failed=why)

@@ -16,7 +16,9 @@ from lenet_lightning.errors import ConfigError
 
 
 def no_advertisement(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("💡")
+    """Not Lightning's tips, nor its note that our layer-by-layer summary replaces its own."""
+    message = record.getMessage()
+    return not message.startswith(("💡", "Trainer already configured with model summary"))
 
 
 def quiet_lightning() -> None:

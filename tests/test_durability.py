@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -272,8 +273,6 @@ def test_lenet_report_reports_every_job_it_can_and_names_the_others(tmp_path: Pa
 
 
 def wait_for(pattern: str, folder: Path, timeout: float = 120) -> Path:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if found := sorted(folder.glob(pattern)):
@@ -287,7 +286,8 @@ def test_ctrl_c_while_lightning_imports_is_one_line_and_leaves_nothing(tmp_path:
     import signal
 
     started = cli(*QUICK, cwd=tmp_path)
-    wait_for("outputs/train/runs/*/.hydra", tmp_path)  # the task has started: Lightning imports
+    wait_for("outputs/train/runs/*/.hydra/overrides.yaml", tmp_path)  # Hydra is done
+    time.sleep(0.3)  # the task has started: Lightning imports
     started.send_signal(signal.SIGINT)
     _, err = started.communicate(timeout=120)
     assert started.returncode == 130 and err == "lenet-train: interrupted\n"
@@ -306,6 +306,7 @@ def test_ctrl_c_in_a_sweep_leaves_its_summary(tmp_path: Path) -> None:
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     summary = (sweep / "summary.md").read_text()
     assert "| **best** | 0 | 1 |" in summary
+    assert "Missing (no metrics.json, the job did not finish): 1 (seed=2)" in summary
     assert "Missing (never ran: the sweep stopped before them): 2 (seed=3)" in summary
     assert f"The sweep stopped; its summary so far: {sweep / 'summary.md'}" in err
 

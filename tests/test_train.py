@@ -258,3 +258,13 @@ def test_ctrl_c_while_testing_says_so_and_keeps_what_training_found(
     report = json.loads((out / "metrics.json").read_text())
     assert report["epochs"] == 2 and "test/acc" not in report["final"]
     assert report["best_checkpoint"].endswith(".ckpt")
+
+
+def test_sgd_with_momentum_is_an_optimizer(tiny_mnist, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    more = ["model.optimizer=sgd", "model.momentum=0.9", "model.lr=0.05"]
+    train(compose_config(tiny_overrides(tiny_mnist, out, *more)))
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    (group,) = ckpt["optimizer_states"][0]["param_groups"]
+    assert group["momentum"] == 0.9 and "betas" not in group
+    assert json.loads((out / "metrics.json").read_text())["final"]["test/acc"] > 0.5
