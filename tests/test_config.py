@@ -30,7 +30,7 @@ BAD_INPUTS = [  # override, what the one line must say
     ("model.pooling=median", "expected one of [avg, max]"),
     ("model.conv_size=7", "model.conv_size=7 is not allowed: expected one of [5, 3]"),
     ("model.optimizer=rmsprop", "expected one of [adam, adamw, sgd]"),
-    ("model.momentum=1", "model.momentum=1 is not allowed: expected a number from 0 up to (not"),
+    ("model.momentum=1", "model.momentum=1.0 is not allowed: expected a number from 0 up to (not"),
     ("model.scheduler=step", "expected one of [cosine, none, onecycle]"),
     ("model.batch_norm=maybe", "model.batch_norm=maybe: Value 'maybe' is not a valid bool"),
     ("model.channels_last=maybe", "model.channels_last=maybe"),

@@ -262,7 +262,7 @@ def test_ctrl_c_while_testing_says_so_and_keeps_what_training_found(
 
 def test_sgd_with_momentum_is_an_optimizer(tiny_mnist, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    more = ["model.optimizer=sgd", "model.momentum=0.9", "model.lr=0.05"]
+    more = ["model.optimizer=sgd", "model.momentum=0.9", "model.lr=0.1", "trainer.max_epochs=4"]
     train(compose_config(tiny_overrides(tiny_mnist, out, *more)))
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     (group,) = ckpt["optimizer_states"][0]["param_groups"]
