@@ -5,7 +5,7 @@ Hydra builds the apps' configs from these dataclasses; the YAML files in ``conf/
 presets (trainer, experiment, sweeps). Hydra checks types while it composes; ``validate``
 checks the allowed values. Nothing here imports torch or Lightning, so a refused config costs
 a fraction of a second. The Trainer's own arguments (accelerator, devices, strategy,
-precision) are checked by Lightning itself.
+precision) are checked by Lightning itself, past the few it accepts but cannot run here.
 """
 
 import math
@@ -119,7 +119,12 @@ class EvalTrainerConfig:
 
     accelerator: str = "auto"  # auto: the GPU when there is one
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: str = setting(  # forked copies of a process whose torch threads run hang
+        "auto",
+        "a Lightning strategy other than ddp_fork and ddp_notebook, which hang once torch has "
+        "started its threads (use ddp or ddp_spawn)",
+        lambda v: not str(v).startswith(("ddp_fork", "ddp_notebook")),
+    )
     num_nodes: int = at_least(1, 1)
     precision: str = "32-true"
     deterministic: bool = True  # the same seed and config give the same metrics

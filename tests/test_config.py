@@ -53,6 +53,11 @@ BAD_INPUTS = [  # override, what the one line must say
         "data.split_seed=18446744073709551616",
         "data.split_seed=18446744073709551616 is not allowed: expected an integer from 0 to",
     ),
+    (
+        "trainer.strategy=ddp_fork",
+        "trainer.strategy='ddp_fork' is not allowed: expected a Lightning strategy other than",
+    ),
+    ("trainer.strategy=ddp_notebook_find_unused_parameters_true", "(use ddp or ddp_spawn)"),
     ("trainer.peer_timeout_s=0", "trainer.peer_timeout_s=0 is not allowed"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1"),
     ("trainer.max_epochs=-3", "trainer.max_epochs=-3 is not allowed"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,30 @@ def test_resuming_from_the_best_checkpoint_keeps_an_unbroken_history(tiny_mnist,
     )  # fmt: skip
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3] and resumed["epochs"] == 3
     assert resumed["history"][0] == first["history"][0]
+
+
+class CtrlCInTheSecondEpoch(L.Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.current_epoch == 1 and trainer.fit_loop.epoch_loop.batch_idx == 2:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_resumed_run_names_a_checkpoint_that_exists(
+    tiny_mnist, tmp_path: Path, caplog
+) -> None:
+    settings = ["model.scheduler=none", "trainer.max_epochs=3"]
+    first = run(tiny_mnist, tmp_path / "first", *settings[:1], "trainer.max_epochs=1")
+    resume = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    cfg = compose_config(tiny_overrides(tiny_mnist, tmp_path / "resumed", *settings, resume))
+    with caplog.at_level("WARNING", logger="lenet_lightning"), pytest.raises(SystemExit):
+        train(cfg, callbacks=[CtrlCInTheSecondEpoch()])
+    named = re.search(
+        r"Resume with: lenet-train ckpt_path=(\S+) and the same settings", caplog.text
+    )
+    assert named and Path(named[1]) == tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    again = run(tiny_mnist, tmp_path / "again", *settings, f"ckpt_path={named[1]}")
+    full = run(tiny_mnist, tmp_path / "full", *settings)
+    assert again["history"] == full["history"] and again["history"][0] == first["history"][0]
 
 
 def test_a_validation_interval_beyond_the_epoch_is_refused_before_training(
