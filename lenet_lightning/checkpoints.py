@@ -120,6 +120,20 @@ def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> P
     )
 
 
+def own_checkpoint(out_dir: Path, cfg: dict[str, Any], why: str) -> Path | None:
+    """The run's own ``last.ckpt`` in ``out_dir`` to carry it on from (``resume=true``, or a
+    SLURM job restarted after a preemption); None where the run had not started training.
+    A checkpoint trained with other settings is refused: that folder holds another run."""
+    path = out_dir / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        return None
+    ckpt = read_checkpoint(path)
+    if differ := differences(ckpt, cfg):
+        raise ConfigError(f"{why}: {path} belongs to another run: {shown(differ)}")
+    log.info("%s: carrying the run on from %s (epoch %d)", why, path, ckpt.get("epoch", -1) + 1)
+    return path
+
+
 def shown(differ: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{k}={then!r} (this run: {now!r})" for k, (then, now) in differ.items())
 

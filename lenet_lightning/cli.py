@@ -21,11 +21,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from hydra_plugins.lenet_lightning import register_launchers
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, register, validate
 from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line
-from lenet_lightning.sweeps import FAILED, sweep_jobs, write_sweep_summary
+from lenet_lightning.slurm import check_request, queued_from, restart_count
+from lenet_lightning.sweeps import FAILED, pairs, read_job, sweep_jobs, write_sweep_summary
 
 MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
 RUN_FILES = ("checkpoints", "metrics.json")  # what makes a folder hold a run's results
@@ -55,6 +57,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
                 except BaseException:
                     remove_if_unused()
                     raise
+        (out_dir / FAILED).unlink(missing_ok=True)  # a failure before: this job runs again
         try:
             return task(cfg)
         except Exception as err:
@@ -66,6 +69,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
         register()
+        register_launchers()
         with errors_as_one_line(prog):
             try:
                 job()
@@ -149,6 +153,20 @@ def claim_folder(folder: Path) -> Path:
             candidate = folder.with_name(f"{folder.name}_{n}")
 
 
+def check_same_sweep(config: DictConfig, folder: Path) -> None:
+    """Refuse to carry on in ``folder`` a sweep whose jobs are not this sweep's jobs."""
+    jobs = sweep_jobs(list(config.hydra.overrides.task))
+    for hydra_dir in sorted(folder.glob("*/.hydra")):
+        name = hydra_dir.parent.name
+        there = read_job(hydra_dir.parent, name).overrides
+        here = pairs(jobs[int(name)]) if name.isdigit() and int(name) < len(jobs) else {}
+        if differ := sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k)):
+            shown = ", ".join(f"{k}={there.get(k)} (this sweep: {here.get(k)})" for k in differ)
+            raise ConfigError(
+                f"hydra.sweep.dir={str(folder)!r} holds another sweep's job {name}: {shown}"
+            )
+
+
 class CheckConfig(Callback):
     """Hydra callback: refuse a bad config in one line with exit code 2, before any folder is
     made (a sweep: job by job, before its first job starts); then claim the run's own folder.
@@ -166,6 +184,9 @@ class CheckConfig(Callback):
             if worker_rank() > 0 or "output_dir" not in config.get("paths", {}):
                 return
             run_dir = Path(config.hydra.run.dir).absolute()
+            if config.get("resume") and read_job(run_dir, run_dir.name).done:
+                print(f"{run_dir} holds this run, finished: nothing to carry on", file=sys.stderr)
+                sys.exit(0)
             existed = next(p for p in run_dir.parents if p.exists())
             made = not run_dir.exists() or not given(config, "hydra.run.dir")
             claimed = self.claim(config, "hydra.run.dir", run_dir)
@@ -183,6 +204,8 @@ class CheckConfig(Callback):
                     self.check(job)
                 except ConfigError as err:
                     raise ConfigError(f"{err} (in the job {' '.join(overrides)})") from err
+            if config.hydra.launcher._target_.endswith("SlurmLauncher"):  # before submitting
+                check_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
             folder = self.claim(config, "hydra.sweep.dir", Path(config.hydra.sweep.dir).absolute())
             os.environ[SWEEP] = str(folder)
             with read_write(config.hydra):  # the jobs' configs are composed from these overrides
@@ -191,17 +214,30 @@ class CheckConfig(Callback):
 
     @staticmethod
     def claim(config: DictConfig, key: str, folder: Path) -> Path:
-        """The run's (or sweep's) own folder: made new, or the one given if it holds no run."""
+        """The run's (or sweep's) own folder: made new, or the one given if it holds no run,
+        or holds this very run (sweep) to carry on (``resume=true``, a restarted SLURM job)."""
         if not given(config, key):
+            if config.get("resume"):
+                raise ConfigError(
+                    f"resume=true carries on the run or sweep in the folder given as {key}=..."
+                    ": give it (or resume the newest run of these settings: ckpt_path=latest)"
+                )
             return claim_folder(folder)
-        taken = [p.parent.name for p in folder.glob("*/.hydra")] if "sweep" in key else []
+        taken = sorted(p.parent.name for p in folder.glob("*/.hydra")) if "sweep" in key else []
         taken += [name for name in RUN_FILES if (folder / name).exists()]
-        if taken:
+        if taken and not (config.get("resume") or restart_count()):
             raise ConfigError(
                 f"{key}={str(folder)!r} already holds another run ({', '.join(taken)}): give "
-                "a new folder, or leave the key out for a new dated one (to carry on a run, "
-                "resume from its checkpoints/last.ckpt with ckpt_path=)"
+                "a new folder, leave the key out for a new dated one, or carry that one on "
+                "with resume=true"
             )
+        if taken and "sweep" in key:
+            check_same_sweep(config, folder)
+            if running := queued_from(folder):
+                raise ConfigError(
+                    f"{key}={str(folder)!r}: SLURM still has jobs of that sweep queued or "
+                    f"running ({', '.join(running)}): wait for them, or scancel them, first"
+                )
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -217,7 +253,14 @@ class CheckConfig(Callback):
         if "data" in config:
             check_writable("data.data_dir", config.data.data_dir)
         strategy = str(config.get("trainer", {}).get("strategy", ""))
-        basic = config.hydra.launcher._target_.endswith("BasicLauncher")
+        launcher = config.hydra.launcher._target_
+        basic = launcher.endswith(("BasicLauncher", "SequentialLauncher"))
+        ours = launcher.startswith("hydra_plugins.lenet_lightning.")
+        if config.get("resume") and config.hydra.mode == RunMode.MULTIRUN and not ours:
+            raise ConfigError(
+                f"resume=true carries a sweep on with hydra/launcher=sequential, slurm or "
+                f"slurm_cpu, not {launcher}"
+            )
         if strategy.startswith("ddp") and config.hydra.mode == RunMode.MULTIRUN and basic:
             raise ConfigError(  # Lightning restarts each rank with hydra.run.dir, not a job's
                 f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "

@@ -167,6 +167,8 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = seed_value()  # seeds python, numpy and torch (Lightning's seed_everything)
     ckpt_path: str | None = None  # a last.ckpt to resume from, or latest
+    resume: bool = False  # carry on the run (or sweep) in the folder given as hydra.run.dir
+    # (hydra.sweep.dir): finished jobs are kept, the others resume from their last.ckpt
     tune: str | None = setting(  # lr_find: search a learning rate instead of training
         None, "null (train) or lr_find", lambda v: v in (None, "lr_find")
     )

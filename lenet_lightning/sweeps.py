@@ -13,6 +13,7 @@ import json
 import math
 import statistics
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,11 @@ class Job:
         return f"{self.name} ({shown})" if shown else self.name
 
 
-def _pairs(overrides: Iterable[str]) -> dict[str, str]:
-    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+def pairs(overrides: Iterable[str]) -> dict[str, str]:
+    """``{key: value}`` of the overrides that define a job (``+`` and ``~`` dropped; not
+    ``resume``, which says how it was run, not what)."""
+    found = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    return {k: v for k, v in found.items() if k != "resume"}
 
 
 def number(value: Any) -> float:
@@ -92,10 +96,10 @@ def read_job(run: Path, name: str) -> Job:
     job = Job(name, {})
     try:
         overrides = run / ".hydra" / "overrides.yaml"
-        pairs = yaml.safe_load(overrides.read_text()) if overrides.exists() else []
-        if not isinstance(pairs or [], list):
+        given = yaml.safe_load(overrides.read_text()) if overrides.exists() else []
+        if not isinstance(given or [], list):
             raise ValueError("overrides.yaml does not hold a list of overrides")
-        job.overrides = _pairs(map(str, pairs or []))
+        job.overrides = pairs(map(str, given or []))
         if (run / "metrics.json").exists():
             job.metrics = json.loads((run / "metrics.json").read_text())
             if not isinstance(job.metrics, dict):
@@ -124,9 +128,7 @@ def find_jobs(folder: Path) -> list[Job]:
         if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
             for n, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
                 job = jobs.setdefault(str(n), Job(str(n), {}, ran=False))
-                job.overrides = job.overrides or _pairs(
-                    overrides
-                )  # stopped before Hydra wrote them
+                job.overrides = job.overrides or pairs(overrides)  # stopped before Hydra wrote them
     except Exception as err:  # the jobs that ran are still summarised
         why = f"cannot read {multirun}: {' '.join(str(err).split()) or type(err).__name__}"
         jobs[multirun.name] = Job(multirun.name, {}, failed=why)
@@ -234,7 +236,9 @@ def plot_sweep(jobs: list[Job], keys: list[str], path: Path) -> None:
     right.grid(alpha=0.3)
     if right.lines:
         right.legend(fontsize=7)
-    fig.savefig(path, dpi=100)
+    with warnings.catch_warnings():  # many swept keys: long labels squeeze the plot
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.savefig(path, dpi=100)
 
 
 class SweepSummary(Callback):

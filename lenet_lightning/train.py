@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpoints import BEST_NAME, resume_checkpoint
+from lenet_lightning.checkpoints import BEST_NAME, own_checkpoint, resume_checkpoint
 from lenet_lightning.cli import entry_point
 from lenet_lightning.model import count_parameters
+from lenet_lightning.slurm import restart_count
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only a run that passed the checks pays
     import lightning as L
@@ -35,7 +36,12 @@ def train(
     The benchmarks use both to time this very path, and to feed it another data pipeline.
     """
     c = OmegaConf.to_container(cfg, resolve=True)
+    out_dir = Path(c["paths"]["output_dir"])
     ckpt_path = c["ckpt_path"] and resume_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], c)
+    if not ckpt_path and (why := carry_on_reason(c)):
+        ckpt_path = own_checkpoint(out_dir, c, why)
+        for mid_epoch in out_dir.glob("hpc_ckpt_*.ckpt"):  # Lightning's, saved on SLURM's
+            mid_epoch.unlink()  # signal: an epoch boundary is where a resume is exact
     import lightning as L
 
     from lenet_lightning.callbacks import AtomicCheckpointIO
@@ -43,7 +49,6 @@ def train(
     from lenet_lightning.module import MONITOR, LitLeNet5
     from lenet_lightning.trainer import trainer_from
 
-    out_dir = Path(c["paths"]["output_dir"])
     logger = make_logger(c["logger"], out_dir)
     trainer = trainer_from(
         c["trainer"],
@@ -67,6 +72,13 @@ def train(
     if trainer.is_global_zero:
         log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
     return {**test, f"{MONITOR}_best": float(best_val)}
+
+
+def carry_on_reason(c: dict) -> str | None:
+    """Why this run carries on from its own folder's last.ckpt, if it does."""
+    if c["resume"]:
+        return "resume=true"
+    return f"SLURM restarted this job (restart {restart_count()})" if restart_count() else None
 
 
 def make_logger(kind: str, out_dir: Path) -> Any:

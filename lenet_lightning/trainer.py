@@ -31,6 +31,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Lightning's hint that `srun` exists, on a machine where this run was not started by it:
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    # A run's folder is its own (cli.CheckConfig): checkpoints there are its own, or carried on.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning's advice on step logging: our metrics are logged once per epoch.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
 
