@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from PIL import Image
 from lenet_lightning import mnist_files
 
 N_TRAIN, N_TEST = 400, 200
+SLURM_LOCAL = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local"
+# scripts/slurm-local's exit status for: not root, no apt-get, a slurm.conf it did not write
+CANNOT_RUN_HERE = 3
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,3 +139,22 @@ def light_checkpoint(path: Path) -> Path:
     state = {f"model.{k}": v for k, v in network.state_dict().items()}
     torch.save({"hyper_parameters": settings, "state_dict": state}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Start (or find running) the one-node cluster; its ready line. Skips where it cannot start."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("scripts/slurm-local starts SLURM on Linux only")
+    if os.geteuid() != 0:
+        pytest.skip("scripts/slurm-local needs root (it installs packages and starts daemons)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("SLURM is not installed and there is no apt-get to install it")
+    proc = subprocess.run(
+        [str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=900, check=False
+    )
+    if proc.returncode == CANNOT_RUN_HERE:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/slurm-local start failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+    return proc.stdout.strip()

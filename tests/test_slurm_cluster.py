@@ -9,41 +9,15 @@ These pin what preemption and requeue tests rely on, as Slurm 22.05 (Debian 12) 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local"
-# scripts/slurm-local's exit status for: not root, no apt-get, a slurm.conf it did not write
-CANNOT_RUN_HERE = 3
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """Start (or find running) the one-node cluster; its ready line. Skips where it cannot start."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("scripts/slurm-local starts SLURM on Linux only")
-    if os.geteuid() != 0:
-        pytest.skip("scripts/slurm-local needs root (it installs packages and starts daemons)")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it")
-    proc = subprocess.run(
-        [str(SCRIPT), "start"], capture_output=True, text=True, timeout=900, check=False
-    )
-    if proc.returncode == CANNOT_RUN_HERE:
-        pytest.skip(proc.stderr.strip().splitlines()[-1])
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/slurm-local start failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
-    return proc.stdout.strip()
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
