@@ -184,7 +184,12 @@ class CheckConfig(Callback):
             if worker_rank() > 0 or "output_dir" not in config.get("paths", {}):
                 return
             run_dir = Path(config.hydra.run.dir).absolute()
-            if config.get("resume") and read_job(run_dir, run_dir.name).done:
+            if config.get("resume") and (done := read_job(run_dir, run_dir.name)).done:
+                if done.overrides != pairs(config.hydra.overrides.task):
+                    raise ConfigError(
+                        f"hydra.run.dir={str(run_dir)!r} holds another run, finished "
+                        f"({' '.join(f'{k}={v}' for k, v in done.overrides.items())})"
+                    )
                 print(f"{run_dir} holds this run, finished: nothing to carry on", file=sys.stderr)
                 sys.exit(0)
             existed = next(p for p in run_dir.parents if p.exists())

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import epoch_time
+import lesson_first_epoch
 import summary
 import time_to_accuracy
 
@@ -97,3 +98,12 @@ def test_bad_arguments_exit_with_a_usage_line(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         time_to_accuracy.main(["--target", "1.5"])
     assert stop.value.code == 2
+
+
+def test_lesson_first_epoch_reports_both_loops_for_every_seed(tiny_mnist, tmp_path: Path) -> None:
+    args = ["--seeds", "0", "1", "--device", "cpu", "--data-dir", str(tiny_mnist)]
+    assert lesson_first_epoch.main([*args, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "lesson_first_epoch-cpu.json").read_text())
+    assert results["seeds"] == [0, 1]
+    for accuracies in results["test_acc"].values():
+        assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)

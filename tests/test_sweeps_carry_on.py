@@ -131,6 +131,18 @@ def test_resume_needs_the_folder_to_carry_on(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
+    run = [*JOB, "trainer.max_epochs=1", "hydra.run.dir=run"]
+    assert run_cli(*run, cwd=tmp_path).returncode == 0
+    kept = files_of(tmp_path / "run")
+    again = run_cli(*run, "resume=true", cwd=tmp_path)
+    assert again.returncode == 0
+    assert again.stderr == f"{tmp_path / 'run'} holds this run, finished: nothing to carry on\n"
+    other = run_cli(*run, "seed=5", "resume=true", cwd=tmp_path)
+    assert other.returncode == 2 and "holds another run, finished" in other.stderr
+    assert files_of(tmp_path / "run") == kept
+
+
 # On the one-node SLURM cluster.
 
 
