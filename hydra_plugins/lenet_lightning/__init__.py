@@ -71,6 +71,8 @@ class SequentialLauncher(BasicLauncher):
     """Hydra's basic launcher (each job in turn, in this process), which can carry a sweep on."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        if not self.config.get("resume"):
+            return super().launch(job_overrides, initial_job_idx)
         todo, returns = unfinished(self, job_overrides, initial_job_idx)
         for num, overrides in todo:
             (returns[num],) = super().launch([overrides], num)
