@@ -119,8 +119,8 @@ def test_a_given_folder_that_holds_a_run_is_refused_and_kept(tmp_path: Path) -> 
     assert again.returncode == 2
     assert err == (
         f"lenet-train: error: hydra.run.dir='{folder}' already holds another run (checkpoints, "
-        "metrics.json): give a new folder, or leave the key out for a new dated one (to carry "
-        "on a run, resume from its checkpoints/last.ckpt with ckpt_path=)\n"
+        "metrics.json): give a new folder, leave the key out for a new dated one, or carry that "
+        "one on with resume=true\n"
     )
     assert (folder / "checkpoints" / "last.ckpt").read_bytes() == before
 
