@@ -163,6 +163,17 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_submitting(
     assert not (tmp_path / "outputs").exists()
 
 
+def test_no_slurm_hint_where_srun_exists_and_a_late_refusal_stays_one_line(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    done = run_cli("data.sources=[]", f"data.data_dir={empty}", "trainer=cpu", cwd=tmp_path)
+    assert done.returncode == 2 and "`srun` command" not in done.stdout + done.stderr
+    assert done.stderr.startswith("lenet-train: error: could not get MNIST file(s)")
+    assert done.stderr.count("\n") == 1
+
+
 def test_the_slurm_launcher_where_slurm_is_missing_is_one_line(tmp_path: Path) -> None:
     bare = {"PATH": str(Path(sys.executable).parent)}  # python, no SLURM commands
     done = run_cli("-m", *SLURM, "seed=1,2", cwd=tmp_path, env=bare)
