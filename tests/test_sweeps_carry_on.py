@@ -207,6 +207,19 @@ def test_a_sweep_on_slurm_survives_a_cancelled_job_and_carries_on(
     assert "Failed" not in (sweep / "summary.md").read_text()
 
 
+def test_ctrl_c_stops_a_slurm_sweep_and_cancels_its_jobs(slurm_cluster, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    started = start("-m", *SLURM, *JOB, SEEDS, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    wait_for_line(sweep / "0" / "train.log", "epoch 1/2:")
+    started.send_signal(signal.SIGINT)
+    out, err = started.communicate(timeout=120)
+    assert started.returncode == 130 and err.endswith("lenet-train: interrupted\n")
+    assert "Cancelled the SLURM jobs still queued or running" in out
+    alive = ["squeue", "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%o"]
+    assert str(sweep) not in subprocess.run(alive, capture_output=True, text=True).stdout
+    assert "Missing" in (sweep / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("how", ["scancel --signal=USR1", "scontrol requeue"])
 def test_a_preempted_slurm_job_comes_back_and_ends_as_if_uninterrupted(
     slurm_cluster, tmp_path: Path, how: str
