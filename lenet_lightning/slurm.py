@@ -79,6 +79,13 @@ def check_request(launcher: dict[str, Any]) -> None:
             f"hydra.launcher.timeout_min={launcher.get('timeout_min')!r} is not allowed: "
             "expected the minutes a job may run, an integer >= 1"
         )
+    warning = launcher.get("signal_delay_s") or 0  # submitit's signal, before the time limit
+    if launcher["timeout_min"] * 60 <= warning:
+        raise ConfigError(
+            f"hydra.launcher.timeout_min={launcher['timeout_min']} ends before the warning "
+            f"signal that comes hydra.launcher.signal_delay_s={warning} s ahead of it: give a "
+            "longer timeout_min, or a shorter signal_delay_s"
+        )
     found = partitions()
     name = launcher.get("partition")
     if name is None:

@@ -152,6 +152,7 @@ def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
         ("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1 asks for more than partition"),
         ("hydra.launcher.partition=gpu", "hydra.launcher.partition='gpu' is not a partition of"),
         ("hydra.launcher.timeout_min=-5", "hydra.launcher.timeout_min=-5 is not allowed"),
+        ("hydra.launcher.timeout_min=2", "timeout_min=2 ends before the warning signal"),
     ],
 )
 def test_a_request_the_cluster_cannot_meet_is_refused_before_submitting(
