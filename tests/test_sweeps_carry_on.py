@@ -274,7 +274,7 @@ def test_ddp_under_srun_writes_one_folder_and_equals_torchrun(
 def test_a_job_slurm_cannot_start_says_why_in_one_line(slurm_cluster, tmp_path: Path) -> None:
     blocker = subprocess.run(
         ["sbatch", "--parsable", "--cpus-per-task=2", "--time=5", "--wrap", "sleep 300"],
-        capture_output=True, text=True, check=True,
+        cwd=tmp_path, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     try:
         waiting = start("-m", *SLURM, *JOB, "seed=1", f"hydra.sweep.dir={tmp_path / 's'}",
