@@ -1,6 +1,6 @@
 """Time to accuracy: training seconds until validation accuracy first reaches 99.0%.
 
-Each configuration - the default, and ``experiment=fast`` (the fastest recipe we found) - runs
+Each configuration - the default, and ``experiment=fast`` (99.0% after one epoch) - runs
 through ``lenet-train``'s own path (``train(cfg)``) once per seed, validating after every tenth
 of an epoch; beside each validation it also measures the accuracy on the official test set.
 The clock starts at the first training batch (imports, data loading, model building and the
@@ -43,9 +43,9 @@ from lenet_lightning.config import compose_config
 from lenet_lightning.outputs import markdown_table as table
 
 CONFIGS = {"default": [], "fast": ["experiment=fast"]}
-# The fast configuration's median over seeds: on the CPU to 99.0% validation accuracy (this
-# benchmark's own measure), on a GPU to 99.0% test accuracy (the public figure's measure).
-TARGETS = {"cpu": ("val", 30.0), "cuda": ("test", 1.0)}
+# The fast configuration's median over seeds to 99.0% test accuracy (the public figures'
+# measure, and experiment=fast's: 99.0% after one epoch): on the CPU, on a GPU.
+TARGETS = {"cpu": ("test", 30.0), "cuda": ("test", 1.0)}
 QUICK = ["trainer.limit_train_batches=0.2", "trainer.max_epochs=1", "trainer.log_every_n_steps=5"]
 
 

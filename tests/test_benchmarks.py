@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import epoch_time
-import lesson_first_epoch
+import one_epoch
 import summary
 import time_to_accuracy
 
@@ -100,10 +100,14 @@ def test_bad_arguments_exit_with_a_usage_line(capsys) -> None:
     assert stop.value.code == 2
 
 
-def test_lesson_first_epoch_reports_both_loops_for_every_seed(tiny_mnist, tmp_path: Path) -> None:
+def test_one_epoch_reports_every_loop_for_every_seed(tiny_mnist, tmp_path: Path, capsys) -> None:
     args = ["--seeds", "0", "1", "--device", "cpu", "--data-dir", str(tiny_mnist)]
-    assert lesson_first_epoch.main([*args, "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "lesson_first_epoch-cpu.json").read_text())
+    assert one_epoch.main([*args, "--out", str(tmp_path), "--set", "data.val_size=100"]) == 0
+    results = json.loads((tmp_path / "one_epoch-cpu.json").read_text())
     assert results["seeds"] == [0, 1]
-    for accuracies in results["test_acc"].values():
-        assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)
+    assert list(results["runs"]) == [one_epoch.LESSON, "experiment=lesson", "experiment=fast"]
+    for run in results["runs"].values():
+        assert len(run["test_acc"]) == 2 and all(0 <= a <= 1 for a in run["test_acc"])
+        assert len(run["train_s"]) == 2 and all(s > 0 for s in run["train_s"])
+    assert isinstance(results["target_met"], bool)
+    assert "target: experiment=fast: median test/acc >= 99.00%" in capsys.readouterr().out
