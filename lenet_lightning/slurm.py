@@ -118,21 +118,23 @@ def check_request(launcher: dict[str, Any]) -> None:
             )
 
 
-def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """``{job id: (state, reason)}`` for the jobs SLURM still knows (an array's tasks one by one,
-    as ``123_4``); empty where squeue cannot be asked right now."""
+    as ``123_4``); None where squeue cannot be asked right now (slurmctld busy, say)."""
     mains = sorted({job.split("_")[0] for job in job_ids})
     if not mains:
         return {}
     try:
-        out = subprocess.run(
+        done = subprocess.run(
             ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(mains), "-o", "%i|%T|%r"],
             capture_output=True, text=True, timeout=30, check=False,
-        ).stdout  # fmt: skip
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if done.returncode:  # every job forgotten, or no answer
+        return {} if "Invalid job id" in done.stderr else None
     states = {}
-    for line in out.splitlines():
+    for line in done.stdout.splitlines():
         job, state, reason = [*line.split("|"), "", ""][:3]
         states[job.strip()] = (state.strip(), reason.strip())
     return states

@@ -146,6 +146,8 @@ if SubmititSlurmLauncher is not None:
                     if job.paths.result_pickle.exists():
                         returns[num] = result_of(launcher, num, job, overrides[num])
                         continue
+                    if states is None:  # no answer from SLURM this time: nothing is lost
+                        continue
                     state, _ = states.get(job.job_id, ("GONE", ""))
                     if state in QUEUED:
                         ended_since.pop(num, None)
@@ -153,6 +155,7 @@ if SubmititSlurmLauncher is not None:
                         LOST_AFTER_S
                     ):
                         returns[num] = lost(launcher, num, job, overrides[num], state)
+                states = states or {}
                 if any(state == "RUNNING" for state, _ in states.values()):
                     last_running = time.monotonic()
                 elif time.monotonic() - last_running > STALLED_AFTER_S:
