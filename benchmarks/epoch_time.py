@@ -46,9 +46,9 @@ from machine import (
     describe,
     device_from,
     named_overrides,
+    publish,
     quiet_train,
     trainer_overrides,
-    write_results,
 )
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -298,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     name = f"epoch_time-{device.type}" + ("-quick" if args.quick else "")
-    path = write_results(name, args.out, results)
-    print()
-    print(render(results))
-    print(f"\nwritten to {path}")
+    publish(name, args.out, results, render)
     return 0
 
 

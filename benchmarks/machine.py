@@ -17,6 +17,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -169,9 +170,12 @@ def trainer_overrides(device: torch.device) -> list[str]:
     return ["trainer=gpu" if device.type == "cuda" else "trainer=cpu"]
 
 
-def write_results(name: str, out_dir: Path, results: dict) -> Path:
-    """``<out_dir>/<name>.json``, written aside and renamed, so a failed run loses nothing."""
+def publish(name: str, out_dir: Path, results: dict, render: Callable[[dict], str]) -> None:
+    """Write the results to ``<out_dir>/<name>.json`` (aside, then renamed, so a failed run
+    loses nothing), then print them as ``render`` shows them, and where they went."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     write_json(path, results)
-    return path
+    print()
+    print(render(results))
+    print(f"\nwritten to {path}")

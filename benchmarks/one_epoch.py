@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -34,10 +35,10 @@ from machine import (
     VERDICTS,
     describe,
     device_from,
+    publish,
     quiet_train,
     synchronize,
     trainer_overrides,
-    write_results,
 )
 
 from lenet_lightning.config import compose_config
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     time_met = statistics.median(fast["train_s"]) <= statistics.median(lesson["train_s"])
     results = {
         "benchmark": "one_epoch",
-        "command": " ".join(["python", "benchmarks/one_epoch.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/one_epoch.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
         "seeds": args.seeds,
@@ -133,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_met": accuracy_met and time_met,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = write_results(f"one_epoch-{device.type}", args.out, results)
-    print()
-    print(render(results))
-    print(f"\nwritten to {path}")
+    publish(f"one_epoch-{device.type}", args.out, results, render)
     return 0
 
 

@@ -33,10 +33,10 @@ from machine import (
     describe,
     device_from,
     named_overrides,
+    publish,
     quiet_train,
     synchronize,
     trainer_overrides,
-    write_results,
 )
 
 from lenet_lightning.config import compose_config
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     name = f"time_to_accuracy-{device.type}" + ("-quick" if args.quick else "")
-    path = write_results(name, args.out, results)
-    print()
-    print(render(results))
-    print(f"\nwritten to {path}")
+    publish(name, args.out, results, render)
     return 0
 
 
