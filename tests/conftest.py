@@ -69,6 +69,27 @@ def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+SHORT_RUN = [  # on the real MNIST: two short epochs, a few seconds of training
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=150",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
+
+
+def cli_command(
+    args: tuple[str, ...], app: str, env: dict[str, str | None] | None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line of ``lenet-<app> ARGS`` (``python -m lenet_lightning.<module>``) and its
+    environment; ``env`` sets variables for it (None: unset)."""
+    changes = {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
+    environment = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
+    module = {"eval": "evaluate", "shapes": "arithmetic"}.get(app, app)
+    return [sys.executable, "-m", f"lenet_lightning.{module}", *args], environment
+
+
 def run_cli(
     *args: str,
     cwd: Path,
@@ -76,19 +97,20 @@ def run_cli(
     timeout: float = 300,
     env: dict[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``lenet-<app> ARGS`` (``python -m lenet_lightning.<module>``) in a fresh process;
-    ``env`` sets variables for it (None: unset)."""
-    changes = {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
-    env = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
-    module = {"eval": "evaluate", "shapes": "arithmetic"}.get(app, app)
+    """``lenet-<app> ARGS`` in a fresh process, to its end."""
+    command, environment = cli_command(args, app, env)
     return subprocess.run(
-        [sys.executable, "-m", f"lenet_lightning.{module}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_cli(*args: str, cwd: Path, app: str = "train") -> subprocess.Popen:
+    """``lenet-<app> ARGS`` started in a fresh process, its output piped: to signal it, say."""
+    command, environment = cli_command(args, app, None)
+    return subprocess.Popen(
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ resumes that go further, several processes."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import yaml
 from lenet_lightning.cli import claim_folder
 from lenet_lightning.config import compose_config
 from lenet_lightning.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import start_cli, tiny_overrides
 
 
 @pytest.fixture
@@ -68,14 +67,6 @@ def test_claimed_folders_are_never_shared(tmp_path: Path) -> None:
     assert [p.name for p in claimed] == [folder.name, f"{folder.name}_2", f"{folder.name}_3"]
 
 
-def cli(*args: str, cwd: Path, app: str = "train") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", f"lenet_lightning.{app}", *args]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 QUICK = [  # on the real MNIST: a few batches
     "trainer=cpu",
     "trainer.max_epochs=1",
@@ -89,7 +80,7 @@ QUICK = [  # on the real MNIST: a few batches
 def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path: Path) -> None:
     seeds = [1, 2, 3]
     started = [
-        cli(*QUICK, "trainer.limit_test_batches=2", f"seed={s}", "logger=csv", cwd=tmp_path)
+        start_cli(*QUICK, "trainer.limit_test_batches=2", f"seed={s}", "logger=csv", cwd=tmp_path)
         for s in seeds
     ]
     for process in started:
@@ -111,10 +102,12 @@ def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_a_given_folder_that_holds_a_run_is_refused_and_kept(tmp_path: Path) -> None:
     folder = tmp_path / "fixed"
-    first = cli(*QUICK, "trainer.limit_test_batches=2", f"hydra.run.dir={folder}", cwd=tmp_path)
+    first = start_cli(
+        *QUICK, "trainer.limit_test_batches=2", f"hydra.run.dir={folder}", cwd=tmp_path
+    )
     assert first.wait(timeout=600) == 0
     before = (folder / "checkpoints" / "last.ckpt").read_bytes()
-    again = cli(*QUICK, "seed=5", f"hydra.run.dir={folder}", cwd=tmp_path)
+    again = start_cli(*QUICK, "seed=5", f"hydra.run.dir={folder}", cwd=tmp_path)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 2
     assert err == (
@@ -128,14 +121,15 @@ def test_a_given_folder_that_holds_a_run_is_refused_and_kept(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_every_test_image_counts_once_for_any_number_of_processes(tmp_path: Path) -> None:
     """10,000 test images over 3 processes: 3,334 + 3,333 + 3,333, none left out."""
-    trained = cli(*QUICK, "trainer.limit_test_batches=1", "hydra.run.dir=run", cwd=tmp_path)
+    trained = start_cli(*QUICK, "trainer.limit_test_batches=1", "hydra.run.dir=run", cwd=tmp_path)
     assert trained.wait(timeout=600) == 0
     ckpt = "ckpt_path=run/checkpoints/last.ckpt"
     accuracies = []
     for processes in ("trainer.devices=1", "trainer.devices=3"):
         folder = f"hydra.run.dir=eval-{processes[-1]}"
-        done = cli(ckpt, "trainer.accelerator=cpu", processes, "trainer.strategy=ddp", folder,
-                   "trainer.enable_progress_bar=false", cwd=tmp_path, app="evaluate")  # fmt: skip
+        done = start_cli(ckpt, "trainer.accelerator=cpu", processes, "trainer.strategy=ddp",
+                         folder, "trainer.enable_progress_bar=false", cwd=tmp_path,
+                         app="evaluate")  # fmt: skip
         _, err = done.communicate(timeout=600)
         assert done.returncode == 0, err[-2000:]
         report = json.loads((tmp_path / f"eval-{processes[-1]}" / "metrics.json").read_text())
@@ -146,7 +140,7 @@ def test_every_test_image_counts_once_for_any_number_of_processes(tmp_path: Path
 
 @pytest.mark.slow
 def test_ddp_spawn_trains_and_reports_to_the_end(tmp_path: Path) -> None:
-    done = cli(*QUICK, "trainer.strategy=ddp_spawn", "hydra.run.dir=run", cwd=tmp_path)
+    done = start_cli(*QUICK, "trainer.strategy=ddp_spawn", "hydra.run.dir=run", cwd=tmp_path)
     _, err = done.communicate(timeout=600)
     assert done.returncode == 0, err[-2000:]
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -156,7 +150,7 @@ def test_ddp_spawn_trains_and_reports_to_the_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_distributed_start_that_cannot_reach_its_peers_stops_in_time(tmp_path: Path) -> None:
-    done = cli(*QUICK, "trainer.num_nodes=2", "trainer.peer_timeout_s=5", cwd=tmp_path)
+    done = start_cli(*QUICK, "trainer.num_nodes=2", "trainer.peer_timeout_s=5", cwd=tmp_path)
     _, err = done.communicate(timeout=300)
     assert done.returncode == 1
     assert err.startswith("lenet-train: error: Timed out after") and "1/2 clients joined" in err
@@ -310,7 +304,7 @@ def wait_for(pattern: str, folder: Path, timeout: float = 120) -> Path:
 def test_ctrl_c_while_lightning_imports_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     import signal
 
-    started = cli(*QUICK, cwd=tmp_path)
+    started = start_cli(*QUICK, cwd=tmp_path)
     wait_for("outputs/train/runs/*/.hydra/overrides.yaml", tmp_path)  # Hydra is done
     time.sleep(0.3)  # the task has started: Lightning imports
     started.send_signal(signal.SIGINT)
@@ -323,7 +317,7 @@ def test_ctrl_c_while_lightning_imports_is_one_line_and_leaves_nothing(tmp_path:
 def test_ctrl_c_in_a_sweep_leaves_its_summary(tmp_path: Path) -> None:
     import signal
 
-    started = cli("-m", *QUICK, "trainer.limit_test_batches=2", "seed=1,2,3", cwd=tmp_path)
+    started = start_cli("-m", *QUICK, "trainer.limit_test_batches=2", "seed=1,2,3", cwd=tmp_path)
     wait_for("outputs/train/multiruns/*/1/.hydra", tmp_path, timeout=300)
     started.send_signal(signal.SIGINT)
     _, err = started.communicate(timeout=120)
@@ -338,11 +332,11 @@ def test_ctrl_c_in_a_sweep_leaves_its_summary(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_log_tells_the_whole_story(tmp_path: Path) -> None:
-    ok = cli(*QUICK, "trainer.limit_test_batches=2", "hydra.run.dir=ok", cwd=tmp_path)
+    ok = start_cli(*QUICK, "trainer.limit_test_batches=2", "hydra.run.dir=ok", cwd=tmp_path)
     assert ok.wait(timeout=600) == 0
     assert "epoch 1/1: train/acc=" in (tmp_path / "ok" / "train.log").read_text()
     lr = ["model.activation=relu", "model.lr=1e30", "data.normalize=false", "model.scheduler=none"]
-    bad = cli(*QUICK, *lr, "hydra.run.dir=bad", cwd=tmp_path)
+    bad = start_cli(*QUICK, *lr, "hydra.run.dir=bad", cwd=tmp_path)
     _, err = bad.communicate(timeout=600)
     assert bad.returncode == 1 and err.startswith("lenet-train: error: the training loss became")
     assert err.strip() in (tmp_path / "bad" / "train.log").read_text()

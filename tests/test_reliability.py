@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SHORT_RUN, run_cli
 
-QUICK = [
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=150",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-]
+QUICK = SHORT_RUN
 
 
 def history(cwd: Path) -> list[dict]:

@@ -5,7 +5,6 @@ and resume; DDP under srun; what the SLURM launcher refuses before it submits an
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,30 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import SHORT_RUN, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
-JOB = [  # on the real MNIST: about 5 s of training a job
-    "trainer=cpu",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=150",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.enable_progress_bar=false",
-    "logger=none",
-]
+JOB = ["trainer=cpu", *SHORT_RUN]  # on the real MNIST: about 5 s of training a job
 SEEDS = "seed=1,2,3,4"
 SLURM = ["hydra/launcher=slurm_cpu", "hydra.launcher.timeout_min=10"]
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "lenet_lightning.train", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
 
 
 def wait_for_line(path: Path, text: str, timeout: float = 300) -> None:
@@ -90,7 +72,7 @@ def test_a_stopped_sweep_carries_on_to_the_uninterrupted_result(
 ) -> None:
     sweep = tmp_path / "sweep"
     command = ["-m", *JOB, SEEDS, f"hydra.sweep.dir={sweep}"]
-    stopped = start(*command, cwd=tmp_path)
+    stopped = start_cli(*command, cwd=tmp_path)
     wait_for_line(sweep / "2" / "train.log", "epoch 1/2:")  # the third job, half way
     stopped.send_signal(signal.SIGINT)
     stopped.communicate(timeout=120)
@@ -190,7 +172,7 @@ def test_a_sweep_on_slurm_survives_a_cancelled_job_and_carries_on(
 ) -> None:
     sweep = tmp_path / "sweep"
     command = ["-m", *SLURM, *JOB, SEEDS, f"hydra.sweep.dir={sweep}"]
-    first = start(*command, cwd=tmp_path)
+    first = start_cli(*command, cwd=tmp_path)
     wait_for_line(sweep / "1" / "train.log", "epoch 1/2:")
     cancelled = slurm_job_of(sweep, 1)
     subprocess.run(["scancel", cancelled], check=True)
@@ -210,7 +192,7 @@ def test_a_sweep_on_slurm_survives_a_cancelled_job_and_carries_on(
 
 def test_ctrl_c_stops_a_slurm_sweep_and_cancels_its_jobs(slurm_cluster, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    started = start("-m", *SLURM, *JOB, SEEDS, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    started = start_cli("-m", *SLURM, *JOB, SEEDS, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     wait_for_line(sweep / "0" / "train.log", "epoch 1/2:")
     started.send_signal(signal.SIGINT)
     out, err = started.communicate(timeout=120)
@@ -229,7 +211,7 @@ def test_a_preempted_slurm_job_comes_back_and_ends_as_if_uninterrupted(
     whole = run_cli(*job, "hydra.run.dir=whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    preempted = start("-m", *SLURM, *job, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    preempted = start_cli("-m", *SLURM, *job, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     wait_for_line(sweep / "0" / "train.log", "epoch 1/3:")
     time.sleep(1)  # in the second epoch
     subprocess.run([*how.split(), slurm_job_of(sweep, 0)], check=True)
@@ -277,7 +259,7 @@ def test_a_job_slurm_cannot_start_says_why_in_one_line(slurm_cluster, tmp_path: 
         cwd=tmp_path, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     try:
-        waiting = start("-m", *SLURM, *JOB, "seed=1", f"hydra.sweep.dir={tmp_path / 's'}",
+        waiting = start_cli("-m", *SLURM, *JOB, "seed=1", f"hydra.sweep.dir={tmp_path / 's'}",
                         cwd=tmp_path)  # fmt: skip
         deadline = time.monotonic() + 120
         said = ""
