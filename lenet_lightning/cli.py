@@ -153,6 +153,13 @@ def claim_folder(folder: Path) -> Path:
             candidate = folder.with_name(f"{folder.name}_{n}")
 
 
+def other_settings(there: dict[str, str], here: dict[str, str], this: str) -> str:
+    """The overrides in which a folder's run (``there``) differs from this one: ``k=v (this
+    run: w), ...``; empty where they agree."""
+    differ = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    return ", ".join(f"{k}={there.get(k)} (this {this}: {here.get(k)})" for k in differ)
+
+
 def check_same_sweep(config: DictConfig, folder: Path) -> None:
     """Refuse to carry on in ``folder`` a sweep whose jobs are not this sweep's jobs."""
     jobs = sweep_jobs(list(config.hydra.overrides.task))
@@ -160,8 +167,7 @@ def check_same_sweep(config: DictConfig, folder: Path) -> None:
         name = hydra_dir.parent.name
         there = read_job(hydra_dir.parent, name).overrides
         here = pairs(jobs[int(name)]) if name.isdigit() and int(name) < len(jobs) else {}
-        if differ := sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k)):
-            shown = ", ".join(f"{k}={there.get(k)} (this sweep: {here.get(k)})" for k in differ)
+        if shown := other_settings(there, here, "sweep"):
             raise ConfigError(
                 f"hydra.sweep.dir={str(folder)!r} holds another sweep's job {name}: {shown}"
             )
@@ -185,10 +191,10 @@ class CheckConfig(Callback):
                 return
             run_dir = Path(config.hydra.run.dir).absolute()
             if config.get("resume") and (done := read_job(run_dir, run_dir.name)).done:
-                if done.overrides != pairs(config.hydra.overrides.task):
+                here = pairs(config.hydra.overrides.task)
+                if shown := other_settings(done.overrides, here, "run"):
                     raise ConfigError(
-                        f"hydra.run.dir={str(run_dir)!r} holds another run, finished "
-                        f"({' '.join(f'{k}={v}' for k, v in done.overrides.items())})"
+                        f"hydra.run.dir={str(run_dir)!r} holds another run, finished: {shown}"
                     )
                 print(f"{run_dir} holds this run, finished: nothing to carry on", file=sys.stderr)
                 sys.exit(0)
