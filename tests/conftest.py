@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,11 +106,13 @@ def run_cli(
 
 
 def start_cli(*args: str, cwd: Path, app: str = "train") -> subprocess.Popen:
-    """``lenet-<app> ARGS`` started in a fresh process, its output piped: to signal it, say."""
+    """``lenet-<app> ARGS`` started in a fresh process, its output piped: to signal it, say.
+    It answers Ctrl-C (SIGINT) as in a terminal, also where the tests themselves run in the
+    background, whose processes inherit SIGINT ignored."""
     command, environment = cli_command(args, app, None)
     return subprocess.Popen(
         command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
