@@ -14,8 +14,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
@@ -122,6 +123,22 @@ class ResumeAfterInterrupt(L.Callback):
             done,
             self.last_checkpoint,
         )
+
+
+class WeightAverage(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights, validated and saved in place of
+    the weights themselves (a checkpoint's ``state_dict`` is the average).
+
+    One change: when testing a checkpoint after fitting, Lightning's callback would load the raw
+    weights (the checkpoint's ``current_model_state``) and test those; here the average is
+    tested, the weights that were validated and chosen.
+    """
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class RunReport(L.Callback):

@@ -102,6 +102,8 @@ class ModelConfig:
     activation: str = choice("tanh", "relu")
     pooling: str = choice("avg", "max")
     conv_size: int = choice(5, 3)  # 3: two 3x3 convolutions in place of each 5x5 one
+    conv1_channels: int = at_least(6, 1)  # feature maps of the first convolution stage
+    conv2_channels: int = at_least(16, 1)  # feature maps of the second convolution stage
     batch_norm: bool = False
     dropout: float = fraction(0.0)  # probability, before each fully connected layer
     lr: float = positive(1e-3)
@@ -149,6 +151,11 @@ class TrainerConfig(EvalTrainerConfig):
 class CallbacksConfig:
     early_stopping_patience: int | None = setting(  # stop after N epochs without a better val/acc
         None, "null (off) or an integer >= 1", lambda v: v is None or v >= 1
+    )
+    ema_decay: float | None = setting(  # validate, save and test a moving average of the weights
+        None,
+        "null (off) or a number from 0 up to (not including) 1",
+        lambda v: v is None or 0 <= v < 1,
     )
 
 

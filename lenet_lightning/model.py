@@ -3,7 +3,8 @@
 The lesson's network: conv 1->6 (5x5, padding 2), tanh, 2x2 average pooling; conv 6->16 (5x5),
 tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706 parameters). The
 options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions in place of each
-5x5 one (the same receptive field, one more non-linearity), batch norm, dropout.
+5x5 one (the same receptive field, one more non-linearity), batch norm, dropout, and more
+feature maps in each convolution stage than the lesson's 6 and 16.
 
 ``LeNet5()`` is the lesson's network; this file needs only torch and can be copied anywhere.
 (In the package, ``ModelConfig`` in ``config.py`` holds the same defaults, and a test checks
@@ -19,8 +20,11 @@ from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POOLINGS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
-NETWORK = ("activation", "pooling", "conv_size", "batch_norm", "dropout")  # LeNet5's arguments
-WEIGHTS = ("conv_size", "batch_norm")  # those of them that change which weights it has
+NETWORK = (  # LeNet5's arguments
+    *("activation", "pooling", "conv_size", "conv1_channels", "conv2_channels", "batch_norm"),
+    "dropout",
+)
+WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "batch_norm")  # which change weights
 
 
 class LeNet5(nn.Module):
@@ -32,6 +36,8 @@ class LeNet5(nn.Module):
         activation: str = "tanh",
         pooling: str = "avg",
         conv_size: int = 5,
+        conv1_channels: int = 6,
+        conv2_channels: int = 16,
         batch_norm: bool = False,
         dropout: float = 0.0,
     ) -> None:
@@ -52,14 +58,14 @@ class LeNet5(nn.Module):
             return [nn.Dropout(dropout)] * (dropout > 0) + [nn.Linear(n_in, n_out)]
 
         self.features = nn.Sequential(
-            *convs(1, 6, padding=2),  # 6 x 28 x 28
+            *convs(1, conv1_channels, padding=2),  # 6 x 28 x 28 (the lesson's 6 maps)
             pool(kernel_size=2, stride=2),  # 6 x 14 x 14
-            *convs(6, 16, padding=0),  # 16 x 10 x 10
+            *convs(conv1_channels, conv2_channels, padding=0),  # 16 x 10 x 10
             pool(kernel_size=2, stride=2),  # 16 x 5 x 5
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),  # 400
-            *linear(16 * 5 * 5, 120),
+            *linear(conv2_channels * 5 * 5, 120),
             act(),
             *linear(120, 84),
             act(),

@@ -93,7 +93,7 @@ def make_logger(kind: str, out_dir: Path) -> Any:
 def run_callbacks(c: dict, out_dir: Path, logger: Any) -> list[L.Callback]:
     """The run's callbacks: the check against the data, the best and the last checkpoint (every
     epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
-    early stopping and the learning-rate log where they apply."""
+    the weights' moving average, early stopping and the learning-rate log where they apply."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelSummary
 
     from lenet_lightning.callbacks import (
@@ -102,6 +102,7 @@ def run_callbacks(c: dict, out_dir: Path, logger: Any) -> list[L.Callback]:
         ResumeAfterInterrupt,
         RunReport,
         TensorBoardExtras,
+        WeightAverage,
     )
     from lenet_lightning.module import MONITOR
 
@@ -127,6 +128,8 @@ def run_callbacks(c: dict, out_dir: Path, logger: Any) -> list[L.Callback]:
         TensorBoardExtras(hparams),
         ModelSummary(max_depth=3),  # every layer with its input and output shape, and FLOPs
     ]
+    if (decay := c["callbacks"]["ema_decay"]) is not None:
+        callbacks.append(WeightAverage(decay=decay))
     if patience := c["callbacks"]["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     if logger and c["model"]["scheduler"] != "none":

@@ -74,6 +74,12 @@ BAD_INPUTS = [  # override, what the one line must say
     ("experiment=nope", "Could not find 'experiment/nope'"),
     ("model=resnet", "model=resnet"),
     ("callbacks.early_stopping_patience=0", "callbacks.early_stopping_patience=0 is not allowed"),
+    (
+        "callbacks.ema_decay=1",
+        "callbacks.ema_decay=1.0 is not allowed: expected null (off) or a "
+        "number from 0 up to (not including) 1",
+    ),
+    ("model.conv1_channels=0", "model.conv1_channels=0 is not allowed: expected an integer >= 1"),
     ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("seed=-1", "seed=-1 is not allowed: expected an integer from 0 to 4294967295"),
     ("~data", "data was deleted (~data), but every run needs it"),

@@ -97,3 +97,17 @@ def test_dropout_comes_before_each_fully_connected_layer_and_only_while_training
     plain = lenet5()
     plain.load_state_dict(dict(zip(plain.state_dict(), model.state_dict().values(), strict=True)))
     torch.testing.assert_close(model(x), plain.eval()(x))
+
+
+def test_wider_convolution_stages_feed_a_wider_first_fully_connected_layer() -> None:
+    model = lenet5(conv_size=3, batch_norm=True, conv1_channels=16, conv2_channels=24)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 16),
+        (16, 16),
+        (16, 24),
+        (24, 24),
+    ]
+    assert model.features(torch.randn(2, 1, 28, 28)).shape == (2, 24, 5, 5)
+    assert model.classifier[1].in_features == 24 * 5 * 5
+    assert count_parameters(model) == 94_462

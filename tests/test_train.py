@@ -11,6 +11,7 @@ import torch
 
 from lenet_lightning.config import ConfigError, compose_config
 from lenet_lightning.errors import one_line
+from lenet_lightning.evaluate import evaluate
 from lenet_lightning.module import Diverged
 from lenet_lightning.outputs import strict_json
 from lenet_lightning.train import train
@@ -107,6 +108,34 @@ def test_dropout_trains_and_travels_in_the_checkpoint(tiny_mnist, tmp_path: Path
     assert report["final"]["test/acc"] > 0.5 and report["config"]["model"]["dropout"] == 0.3
     ckpt = torch.load(report["best_checkpoint"], weights_only=True)
     assert ckpt["hyper_parameters"]["dropout"] == 0.3
+
+
+def test_the_weights_moving_average_is_what_is_validated_saved_tested_and_resumed(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    def run(name: str, *extra: str) -> dict:
+        overrides = tiny_overrides(tiny_mnist, tmp_path / name, "model.scheduler=none", *extra)
+        train(compose_config([*overrides, "callbacks.ema_decay=0.9", "logger=none"]))
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    report = run("whole")
+    best = torch.load(report["best_checkpoint"], weights_only=True)
+    average, weights = best["state_dict"], best["current_model_state"]
+    assert not all(torch.equal(average[k], weights[k]) for k in weights)
+    (tmp_path / "eval").mkdir()
+    evaluated = evaluate(
+        compose_config(
+            [f"ckpt_path={report['best_checkpoint']}", f"data.data_dir={tiny_mnist}",
+             f"paths.output_dir={tmp_path / 'eval'}", "trainer.accelerator=cpu"],
+            app="eval",
+        )
+    )  # fmt: skip
+    assert evaluated["test/loss"] == report["final"]["test/loss"]  # the average was tested
+
+    run("first", "trainer.max_epochs=1")  # then on to epoch 2: the same as the whole run
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = run("resumed", f"ckpt_path={last}")
+    assert resumed["final"] == report["final"]
 
 
 @pytest.mark.parametrize(
