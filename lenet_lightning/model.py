@@ -21,7 +21,12 @@ from torch import Tensor, nn
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POOLINGS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 NETWORK = (  # LeNet5's arguments
-    *("activation", "pooling", "conv_size", "conv1_channels", "conv2_channels", "batch_norm"),
+    "activation",
+    "pooling",
+    "conv_size",
+    "conv1_channels",
+    "conv2_channels",
+    "batch_norm",
     "dropout",
 )
 WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "batch_norm")  # which change weights
