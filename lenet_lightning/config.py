@@ -104,6 +104,7 @@ class ModelConfig:
     conv_size: int = choice(5, 3)  # 3: two 3x3 convolutions in place of each 5x5 one
     conv1_channels: int = at_least(6, 1)  # feature maps of the first convolution stage
     conv2_channels: int = at_least(16, 1)  # feature maps of the second convolution stage
+    fc1_units: int = at_least(120, 1)  # outputs of the first fully connected layer
     batch_norm: bool = False
     dropout: float = fraction(0.0)  # probability, before each fully connected layer
     lr: float = positive(1e-3)

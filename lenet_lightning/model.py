@@ -26,10 +26,11 @@ NETWORK = (  # LeNet5's arguments
     "conv_size",
     "conv1_channels",
     "conv2_channels",
+    "fc1_units",
     "batch_norm",
     "dropout",
 )
-WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "batch_norm")  # which change weights
+WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "fc1_units", "batch_norm")
 
 
 class LeNet5(nn.Module):
@@ -43,6 +44,7 @@ class LeNet5(nn.Module):
         conv_size: int = 5,
         conv1_channels: int = 6,
         conv2_channels: int = 16,
+        fc1_units: int = 120,
         batch_norm: bool = False,
         dropout: float = 0.0,
     ) -> None:
@@ -70,9 +72,9 @@ class LeNet5(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),  # 400
-            *linear(conv2_channels * 5 * 5, 120),
+            *linear(conv2_channels * 5 * 5, fc1_units),  # 120
             act(),
-            *linear(120, 84),
+            *linear(fc1_units, 84),
             act(),
             *linear(84, 10),
         )

@@ -111,3 +111,12 @@ def test_wider_convolution_stages_feed_a_wider_first_fully_connected_layer() -> 
     assert model.features(torch.randn(2, 1, 28, 28)).shape == (2, 24, 5, 5)
     assert model.classifier[1].in_features == 24 * 5 * 5
     assert count_parameters(model) == 94_462
+
+
+def test_a_narrower_first_fully_connected_layer_makes_room_for_more_feature_maps() -> None:
+    model = lenet5(conv_size=3, batch_norm=True, conv1_channels=16, conv2_channels=32, fc1_units=90)
+    linear = [
+        (m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
+    assert linear == [(32 * 5 * 5, 90), (90, 84), (84, 10)]
+    assert count_parameters(model) == 97_144
