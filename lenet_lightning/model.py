@@ -3,8 +3,9 @@
 The lesson's network: conv 1->6 (5x5, padding 2), tanh, 2x2 average pooling; conv 6->16 (5x5),
 tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706 parameters). The
 options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions in place of each
-5x5 one (the same receptive field, one more non-linearity), batch norm, dropout, and more
-feature maps in each convolution stage than the lesson's 6 and 16.
+5x5 one (the same receptive field, one more non-linearity), batch norm, dropout, more feature
+maps in each convolution stage than the lesson's 6 and 16, and another width for the first
+fully connected layer than its 120.
 
 ``LeNet5()`` is the lesson's network; this file needs only torch and can be copied anywhere.
 (In the package, ``ModelConfig`` in ``config.py`` holds the same defaults, and a test checks
