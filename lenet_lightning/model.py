@@ -31,6 +31,7 @@ NETWORK = (  # LeNet5's arguments
     "batch_norm",
     "dropout",
 )
+# those of them that change which weights it has (a checkpoint of others does not load)
 WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "fc1_units", "batch_norm")
 
 
