@@ -66,13 +66,20 @@ class EpochClock(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def lesson_loop(seed: int, data_dir: str, device: torch.device) -> tuple[float, float]:
+def lesson_tensors(data_dir: str) -> tuple[torch.Tensor, ...]:
+    """MNIST as the lesson holds it: float (N, 1, 28, 28) images of raw 0-255 pixels, labels."""
+    x, y = load_mnist(data_dir, train=True)
+    xt, yt = load_mnist(data_dir, train=False)
+    return x.unsqueeze(1).float(), y, xt.unsqueeze(1).float(), yt
+
+
+def lesson_loop(
+    seed: int, tensors: tuple[torch.Tensor, ...], device: torch.device
+) -> tuple[float, float]:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    x, y = load_mnist(data_dir, train=True)
-    xt, yt = load_mnist(data_dir, train=False)
-    loop = LessonLoop(x.unsqueeze(1).float(), y, xt.unsqueeze(1).float(), yt, device)
+    loop = LessonLoop(*tensors, device)
     synchronize(device)
     started = time.perf_counter()
     accuracy = loop.epoch()
@@ -108,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     names = [LESSON, *(f"experiment={name}" for name in EXPERIMENTS)]
     found = {name: {"test_acc": [], "train_s": []} for name in names}
+    tensors = lesson_tensors(data_dir)  # read once: the lesson's loop never changes them
     with tempfile.TemporaryDirectory(prefix="lenet-one-epoch-") as work:
         for seed in args.seeds:
-            runs = {LESSON: lesson_loop(seed, data_dir, device)}
+            runs = {LESSON: lesson_loop(seed, tensors, device)}
             for name in EXPERIMENTS:
                 out = Path(work) / name / str(seed)
                 runs[f"experiment={name}"] = experiment(name, seed, out, device, data_dir, args.set)
