@@ -36,7 +36,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lesson_loop import LessonLoop
+from lesson_loop import LessonLoop, lesson_tensors
 from machine import (
     RESULTS,
     VERDICTS,
@@ -55,7 +55,6 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from lenet_lightning.config import compose_config
-from lenet_lightning.data import load_mnist
 from lenet_lightning.images import MEAN, STD
 from lenet_lightning.mnist_files import ensure_mnist
 from lenet_lightning.module import LitLeNet5
@@ -168,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = str(Path(base.data.data_dir).expanduser())
     ensure_mnist(data_dir, base.data.sources)
 
-    n_train = int(len(load_mnist(data_dir, train=True)[1]) * args.fraction)
-    n_eval = int(len(load_mnist(data_dir, train=False)[1]) * args.fraction)
+    x, y, xt, yt = lesson_tensors(data_dir)  # read once: the lesson's loop never changes them
+    n_train, n_eval = int(len(y) * args.fraction), int(len(yt) * args.fraction)
     images = n_train  # training images per epoch, the same for every variant
 
     stopwatch = Stopwatch(device)
@@ -206,11 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def lesson_run(round_: int) -> list[Span]:
         torch.manual_seed(round_)
-        x, y = load_mnist(data_dir, train=True)
-        xt, yt = load_mnist(data_dir, train=False)
-        x_train, y_train = x[:n_train].unsqueeze(1).float(), y[:n_train]  # the lesson's tensors
-        x_test, y_test = xt[:n_eval].unsqueeze(1).float(), yt[:n_eval]
-        loop = LessonLoop(x_train, y_train, x_test, y_test, device, args.batch_size)
+        loop = LessonLoop(
+            x[:n_train], y[:n_train], xt[:n_eval], yt[:n_eval], device, args.batch_size
+        )
         spans = []
         for _ in range(args.epochs):
             stopwatch.start()

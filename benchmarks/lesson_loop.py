@@ -10,6 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lenet_lightning.data import load_mnist
+
+
+def lesson_tensors(data_dir: str) -> tuple[torch.Tensor, ...]:
+    """MNIST as the lesson holds it: float (N, 1, 28, 28) images of raw 0-255 pixels, labels."""
+    x, y = load_mnist(data_dir, train=True)
+    xt, yt = load_mnist(data_dir, train=False)
+    return x.unsqueeze(1).float(), y, xt.unsqueeze(1).float(), yt
+
 
 class LeNet5(torch.nn.Module):
     def __init__(self):

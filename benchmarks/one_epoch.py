@@ -29,7 +29,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lesson_loop import LessonLoop
+from lesson_loop import LessonLoop, lesson_tensors
 from machine import (
     RESULTS,
     VERDICTS,
@@ -42,7 +42,6 @@ from machine import (
 )
 
 from lenet_lightning.config import compose_config
-from lenet_lightning.data import load_mnist
 from lenet_lightning.outputs import markdown_table
 
 LESSON = "A (the lesson's loop)"
@@ -64,13 +63,6 @@ class EpochClock(L.Callback):
         if not trainer.sanity_checking and self.seconds is None:
             synchronize(pl_module.device)
             self.seconds = time.perf_counter() - self.start
-
-
-def lesson_tensors(data_dir: str) -> tuple[torch.Tensor, ...]:
-    """MNIST as the lesson holds it: float (N, 1, 28, 28) images of raw 0-255 pixels, labels."""
-    x, y = load_mnist(data_dir, train=True)
-    xt, yt = load_mnist(data_dir, train=False)
-    return x.unsqueeze(1).float(), y, xt.unsqueeze(1).float(), yt
 
 
 def lesson_loop(
