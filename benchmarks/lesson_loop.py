@@ -2,7 +2,8 @@
 
 The network, the loss, Adam(lr=1e-3), batch 100, a numpy permutation every epoch, tensor
 indexing, and after each epoch the whole test set in one forward pass (as the lesson does it,
-outside ``no_grad``). Only the "10000 epochs, stopped by hand" became a function for one epoch.
+outside ``no_grad``). Only the "10000 epochs, stopped by hand" became a function for one epoch,
+and ``lesson_tensors`` gives MNIST as the lesson holds it.
 """
 
 from __future__ import annotations
