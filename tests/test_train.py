@@ -130,7 +130,8 @@ def test_the_weights_moving_average_is_what_is_validated_saved_tested_and_resume
             app="eval",
         )
     )  # fmt: skip
-    assert evaluated["test/loss"] == report["final"]["test/loss"]  # the average was tested
+    # the average was tested (the raw weights give another loss; float sums may differ by an ulp)
+    assert evaluated["test/loss"] == pytest.approx(report["final"]["test/loss"], rel=1e-5)
 
     run("first", "trainer.max_epochs=1")  # then on to epoch 2: the same as the whole run
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
