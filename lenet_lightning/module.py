@@ -198,7 +198,8 @@ class LitLeNet5(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc})
         self.confusion = self.test_confusion.compute().cpu()  # every rank calls: they sync
-        self.mistakes = tuple(t.cpu() for t in self.test_mistakes.compute())
+        images, labels, preds = self.test_mistakes.compute()  # torchmetrics squeezes a lone
+        self.mistakes = images.cpu(), labels.cpu().view(-1), preds.cpu().view(-1)  # mistake's
         self.test_confusion.reset()
         self.test_mistakes.reset()
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+from lenet_lightning.callbacks import TensorBoardExtras
 from lenet_lightning.config import ModelConfig, compose_config
 from lenet_lightning.module import LitLeNet5
 from lenet_lightning.train import train
@@ -23,6 +25,18 @@ def test_channels_last_is_the_same_network() -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(8, 1, 28, 28)
     torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_test_with_exactly_one_mistake_shows_it(tmp_path: Path) -> None:
+    module = LitLeNet5(**asdict(ModelConfig())).eval()
+    images = torch.randn(4, 1, 28, 28)
+    labels = module(images).argmax(1)
+    labels[2] = (labels[2] + 1) % 10
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="", version="")
+    trainer = L.Trainer(logger=logger, callbacks=[TensorBoardExtras({})], enable_progress_bar=False)
+    trainer.test(module, dataloaders=DataLoader(TensorDataset(images, labels), batch_size=4))
+    images, labels, preds = module.mistakes
+    assert images.shape == (1, 1, 28, 28) and labels.shape == preds.shape == (1,)
 
 
 class Count(L.Callback):
