@@ -277,3 +277,15 @@ class CheckConfig(Callback):
                 f"trainer.strategy={strategy!r} cannot run inside a sweep (-m) on the basic "
                 "launcher: start each DDP run by itself, or sweep with hydra/launcher=slurm"
             )
+        if config.get("trainer", {}).get("limit_val_batches") == 0:
+            check_without_validation(config)
+
+
+def check_without_validation(config: DictConfig) -> None:
+    """Refuse what needs the validation that ``trainer.limit_val_batches=0`` turns off."""
+    off = "but trainer.limit_val_batches=0 turns validation off"
+    if patience := config.callbacks.early_stopping_patience:
+        raise ConfigError(f"callbacks.early_stopping_patience={patience} watches val/acc, {off}")
+    if not config.hydra.sweeper._target_.endswith("BasicSweeper"):
+        sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
+        raise ConfigError(f"the sweeper ({sweeper}) maximises the best val/acc, {off}")

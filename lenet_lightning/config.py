@@ -60,15 +60,22 @@ def seed_value() -> Any:
     return setting(0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32)
 
 
-def share_of_epoch() -> Any:
-    """Lightning's int-or-float settings: an int counts batches, a float is a share of them."""
+def share_of_epoch(off: str = "") -> Any:
+    """Lightning's int-or-float settings: an int counts batches, a float is a share of them;
+    ``off`` says what 0 means, where 0 is allowed."""
+    least = 0 if off else 1
 
     def ok(v: Any) -> bool:
         if isinstance(v, bool):
             return False
-        return v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+        return (
+            v is None
+            or (isinstance(v, int) and v >= least)
+            or (isinstance(v, float) and 0 < v <= 1)
+        )
 
-    return setting(None, "null, a fraction above 0 up to 1.0, or a number of batches >= 1", ok)
+    zero = f", or 0 ({off})" if off else ""
+    return setting(None, f"null, a fraction above 0 up to 1.0, a number of batches >= 1{zero}", ok)
 
 
 @dataclass
@@ -143,7 +150,7 @@ class TrainerConfig(EvalTrainerConfig):
     max_epochs: int = at_least(10, 1)
     fast_dev_run: Any = False  # true (or N): N batches of each stage, as a smoke test
     limit_train_batches: Any = share_of_epoch()
-    limit_val_batches: Any = share_of_epoch()
+    limit_val_batches: Any = share_of_epoch(off="no validation: the last epoch is tested")
     val_check_interval: Any = share_of_epoch()  # validate every N batches, or each share
     log_every_n_steps: int = at_least(50, 1)
 

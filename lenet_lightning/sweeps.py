@@ -72,7 +72,14 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return bool(self.metrics) and not self.failed and math.isfinite(self.best_val)
+        """Trained to the end (a run without validation: tested too)."""
+        measured = math.isfinite(self.best_val) or math.isfinite(self.test_acc)
+        return bool(self.metrics) and not self.failed and measured
+
+    @property
+    def rank(self) -> float:
+        """Sorts the best validation accuracy first, and runs without validation last."""
+        return -self.best_val if math.isfinite(self.best_val) else math.inf
 
     def describe(self, keys: list[str]) -> str:
         shown = " ".join(f"{k}={self.overrides[k]}" for k in keys if k in self.overrides)
@@ -144,8 +151,15 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
 
 
+def shown(value: float) -> str:
+    """A metric in a table; ``-`` where there is none (a run without validation)."""
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
 def mean_and_std(values: list[float]) -> str:
     """``mean ± sample standard deviation`` (the mean alone for one value)."""
+    if not all(map(math.isfinite, values)):
+        return "-"
     spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
     return f"{statistics.mean(values):.4f}{spread}"
 
@@ -154,14 +168,14 @@ def over_seeds(jobs: list[Job], keys: list[str]) -> str:
     """A table of the finished jobs that differ only in ``seed``: per setting, the number of
     seeds and the mean and standard deviation of best val/acc and test/acc."""
     others = [k for k in keys if k != "seed"]
-    mean_best = lambda group: statistics.mean(j.best_val for j in group)  # noqa: E731
+    mean_rank = lambda group: statistics.mean(j.rank for j in group)  # noqa: E731
     groups: dict[tuple[str, ...], list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(job.overrides.get(k, "") for k in others), []).append(job)
     rows = [
         [*setting, str(len(group)), mean_and_std([j.best_val for j in group]),
          mean_and_std([j.test_acc for j in group])]
-        for setting, group in sorted(groups.items(), key=lambda g: -mean_best(g[1]))
+        for setting, group in sorted(groups.items(), key=lambda g: mean_rank(g[1]))
     ]  # fmt: skip
     header = [*others, "seeds", "best val/acc (mean ± std)", "test/acc (mean ± std)"]
     return markdown_table(header, rows)
@@ -177,12 +191,13 @@ def write_sweep_summary(folder: Path) -> str:
     if not jobs:
         raise ConfigError(f"no runs (folders with .hydra/) below {folder}")
     keys = swept_keys(jobs)
-    done = sorted((j for j in jobs if j.done), key=lambda j: -j.best_val)
+    done = sorted((j for j in jobs if j.done), key=lambda j: j.rank)
     rows = [
-        ["**best**" if rank == 0 else "", job.name, *[job.overrides.get(k, "") for k in keys],
-         f"{job.best_val:.4f}", f"{job.test_acc:.4f}", str(job.metrics.get("epochs", "")),
+        ["**best**" if n == 0 and math.isfinite(job.rank) else "", job.name,
+         *[job.overrides.get(k, "") for k in keys], shown(job.best_val), shown(job.test_acc),
+         str(job.metrics.get("epochs", "")),
          f"{number(job.metrics.get('wall_seconds')):.1f}"]
-        for rank, job in enumerate(done)
+        for n, job in enumerate(done)
     ]  # fmt: skip
     header = ["", "job", *keys, "best val/acc", "test/acc", "epochs", "wall s"]
     text = f"# Sweep summary: {folder}\n\n{markdown_table(header, rows)}\n"
@@ -198,8 +213,8 @@ def write_sweep_summary(folder: Path) -> str:
             text += f"\n{title}: {', '.join(j.describe(keys) for j in group)}\n"
     text += "".join(f"- job {j.name}: {j.failed}\n" for j in jobs if j.failed)
     write_text(folder / "summary.md", text)
-    if done:
-        plot_sweep(done, keys, folder / "summary.png")
+    if validated := [j for j in done if math.isfinite(j.best_val)]:
+        plot_sweep(validated, keys, folder / "summary.png")
     return text
 
 

@@ -8,6 +8,7 @@ the benchmarks call ``train`` with a config from ``compose_config``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,7 @@ def train(
     (test,) = trainer.test(
         module, datamodule=datamodule, ckpt_path=best.best_model_path or None, weights_only=True
     )  # no best checkpoint after fast_dev_run: the model as it is
-    best_val = best.best_model_score or trainer.callback_metrics.get(MONITOR, 0.0)
+    best_val = best.best_model_score or trainer.callback_metrics.get(MONITOR, math.nan)
     if trainer.is_global_zero:
         log.info("test/acc=%.4f  (%s)", test["test/acc"], out_dir)
     return {**test, f"{MONITOR}_best": float(best_val)}
@@ -107,10 +108,11 @@ def run_callbacks(c: dict, out_dir: Path, logger: Any) -> list[L.Callback]:
     from lenet_lightning.module import MONITOR
 
     folder = out_dir / "checkpoints"
+    validating = c["trainer"]["limit_val_batches"] != 0  # without validation: the last epoch
     best = ResumableCheckpoint(
         folder,
         BEST_NAME,
-        monitor=MONITOR,
+        monitor=MONITOR if validating else None,
         mode="max",
         auto_insert_metric_name=False,
         save_on_train_epoch_end=True,

@@ -44,6 +44,11 @@ REFUSED = [  # a handful through the real command line; test_config.py has the r
     ("trainer=tpu", "In 'train': Could not find 'trainer/tpu'; Available options in 'trainer'"),
     ("+model.lrr=0.1", "unknown key 'model.lrr'; allowed there: activation"),
     ("data.data_dir=/dev/null/data", "data.data_dir='/dev/null/data' cannot be written"),
+    (
+        "trainer.limit_val_batches=0 callbacks.early_stopping_patience=3",
+        "callbacks.early_stopping_patience=3 watches val/acc, but trainer.limit_val_batches=0 "
+        "turns validation off",
+    ),
 ]
 if not torch.cuda.is_available():  # Lightning refuses it (test_train.py has more of its kind)
     REFUSED.append(("trainer=gpu", "Lightning refused the trainer settings (accelerator='gpu'"))
@@ -53,7 +58,7 @@ if not torch.cuda.is_available():  # Lightning refuses it (test_train.py has mor
 def test_a_refusal_is_one_line_exit_2_and_leaves_nothing(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    done = run_cli(override, cwd=tmp_path)
+    done = run_cli(*override.split(), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith(f"lenet-train: error: {message}")

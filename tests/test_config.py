@@ -67,6 +67,11 @@ BAD_INPUTS = [  # override, what the one line must say
     ),
     ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 is not allowed"),
     (
+        "trainer.limit_val_batches=-1",
+        "trainer.limit_val_batches=-1 is not allowed: expected null, a fraction above 0 up to "
+        "1.0, a number of batches >= 1, or 0 (no validation: the last epoch is tested)",
+    ),
+    (
         "trainer=tpu",
         "Could not find 'trainer/tpu'; Available options in 'trainer': cpu, ddp, ddp_cpu, default",
     ),
@@ -166,3 +171,4 @@ def test_batch_limits_keep_ints_and_fractions() -> None:
         t.limit_train_batches, int
     )  # 1 batch, not 100%
     assert t.limit_val_batches == 0.5
+    assert compose_config(["trainer.limit_val_batches=0"]).trainer.limit_val_batches == 0

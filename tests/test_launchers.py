@@ -25,6 +25,18 @@ def test_optuna_search_config_composes() -> None:
     assert cfg.hydra.sweeper.direction == "maximize" and "model.lr" in cfg.hydra.sweeper.params
 
 
+def test_optuna_search_without_validation_is_refused_before_its_first_trial(
+    tmp_path: Path,
+) -> None:
+    done = run_cli("-m", "hparams_search=lr_optuna", "trainer.limit_val_batches=0", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "lenet-train: error: the sweeper (OptunaSweeper) maximises the best val/acc, but "
+        "trainer.limit_val_batches=0 turns validation off (in the job "
+        "hparams_search=lr_optuna trainer.limit_val_batches=0)"
+    )
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_optuna_search_runs_and_optimises_the_best_val_acc(tmp_path: Path) -> None:
     quick = [

@@ -100,6 +100,22 @@ def test_jobs_that_differ_only_in_seed_get_a_mean_and_a_spread(tmp_path: Path) -
     assert len(table_rows(text.split("Over seeds")[0])) == 4
 
 
+def test_jobs_without_validation_are_listed_by_their_test_accuracy_alone(tmp_path: Path) -> None:
+    for seed, test in enumerate((0.95, 0.97)):
+        fake_job(tmp_path, str(seed), [f"seed={seed}"], val=None, test=test)
+        metrics = {"best": {}, "final": {"test/acc": test}, "epochs": 3, "wall_seconds": 1.0}
+        (tmp_path / str(seed) / "metrics.json").write_text(json.dumps(metrics))
+    fake_job(tmp_path, "2", ["seed=2"], val=None)  # stopped before it was tested
+    (tmp_path / "2" / "metrics.json").write_text(json.dumps({"best": {}, "final": {}}))
+    text = write_sweep_summary(tmp_path)
+    before, after = text.split("Over seeds")
+    assert table_rows(before) == [["", "0", "0", "-", "0.9500", "3", "1.0"],
+                                  ["", "1", "1", "-", "0.9700", "3", "1.0"]]  # fmt: skip
+    assert table_rows(after.split("Missing")[0]) == [["2", "-", "0.9600 ± 0.0141"]]
+    assert "Missing (no metrics.json, the job did not finish): 2 (seed=2)" in text
+    assert not (tmp_path / "summary.png").exists()  # it plots validation accuracy
+
+
 def test_failed_and_never_run_jobs_are_listed(tmp_path: Path) -> None:
     fake_job(tmp_path, "0", ["model.lr=0.001", "trainer.max_epochs=3"], 0.9)
     fake_job(tmp_path, "1", ["model.lr=0.01", "trainer.max_epochs=3"], None)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -58,6 +59,22 @@ def test_a_short_run_writes_its_report_checkpoints_and_events(tiny_mnist, tmp_pa
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["activation"] == "tanh"
     assert ckpt["history"] == report["history"]  # a resumed run carries on the history
+
+
+def test_without_validation_all_images_train_and_the_last_epoch_is_tested(
+    tiny_mnist, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    off = ("data.val_size=0", "trainer.limit_val_batches=0", "callbacks.ema_decay=0.9")
+    metrics = train(compose_config(tiny_overrides(tiny_mnist, out, *off)))
+    report = json.loads((out / "metrics.json").read_text())
+    assert [set(row) for row in report["history"]] == [{"epoch", "train/loss", "train/acc"}] * 2
+    assert report["best_checkpoint"].endswith("best-epoch002.ckpt")  # the last epoch
+    assert report["best"] == {**report["history"][-1], **report["final"]}
+    assert math.isnan(metrics["val/acc_best"]) and metrics["test/acc"] > 0.5
+    tested = torch.load(report["best_checkpoint"], weights_only=True)["state_dict"]
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(tested[k], last[k]) for k in last)  # the average, in both
 
 
 def test_best_is_the_epoch_of_the_best_checkpoint(tiny_mnist, tmp_path: Path) -> None:
