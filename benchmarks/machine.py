@@ -29,10 +29,14 @@ from omegaconf import DictConfig
 
 from lenet_lightning.outputs import write_json
 from lenet_lightning.train import train
+from lenet_lightning.trainer import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "numpy")
 VERDICTS = {True: "met", False: "MISSED", None: "not judged"}  # a target's, None in quick mode
+
+# lenet-train's allocator setting, for the whole process: the lesson's loop (A) gets it too.
+keep_freed_memory()
 
 
 def cpu_name() -> str:

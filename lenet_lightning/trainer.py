@@ -1,9 +1,10 @@
 """The Lightning ``Trainer`` a command runs: the config's ``trainer`` settings and the command's
 own, with what Lightning refuses turned into one line and its messages kept to those that
-concern the user."""
+concern the user; and the C library told to keep the memory a training step frees."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import warnings
 from datetime import timedelta
@@ -37,10 +38,33 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
 
 
+def keep_freed_memory() -> int:
+    """Tell glibc's malloc to keep the memory that torch frees, for its next allocation; return
+    the size from which it still maps memory afresh (0: not glibc, nothing changed).
+
+    A training step frees and takes back the same large buffers. By default glibc returns big
+    ones to the system and maps them again, one page fault each 4 KiB, and how much it keeps
+    depends on the process's history: a fresh process trained ``experiment=best`` 25-40% slower
+    than the later jobs of the same sweep, and took 27 times as many page faults as with this.
+    (The environment variable ``GLIBC_TUNABLES`` does the same before a process starts.)
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return 0
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    mallopt(m_trim_threshold, 1 << 30)  # keep up to 1 GiB free at the heap's top
+    for threshold in (1 << 30, 32 << 20):  # older glibc refuses more than 32 MiB
+        if mallopt(m_mmap_threshold, threshold):
+            return threshold
+    return 0
+
+
 def trainer_from(settings: dict[str, Any], **ours: Any) -> L.Trainer:
     """The Trainer of the config's ``trainer`` settings (null: Lightning's default) and ours.
     What Lightning refuses becomes a ConfigError, so one line."""
     quiet_lightning()
+    keep_freed_memory()
     settings = {k: v for k, v in settings.items() if v is not None}
     peer_timeout = settings.pop("peer_timeout_s", None)
     try:
