@@ -318,16 +318,16 @@ def test_sgd_with_momentum_is_an_optimizer(tiny_mnist, tmp_path: Path) -> None:
 
 
 def test_freed_memory_is_reused_not_mapped_again() -> None:
-    """A buffer freed and taken again, as in each training step, costs page faults only once."""
+    """Buffers freed and taken again, as in each training step, cost page faults only once."""
     resource = pytest.importorskip("resource")
     from lenet_lightning.trainer import keep_freed_memory
 
-    threshold = keep_freed_memory()
-    if threshold < 64 << 20:
-        pytest.skip(f"this C library keeps freed buffers up to {threshold} bytes only")
-    pages = (64 << 20) // resource.getpagesize()  # a 64 MiB buffer: glibc's default maps it afresh
+    if not keep_freed_memory():
+        pytest.skip("the C library is not glibc: its malloc keeps its own counsel")
+    pages = 8 * (12 << 20) // resource.getpagesize()  # 96 MiB: glibc's default gives it back
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        torch.ones(16 << 20)  # 64 MiB of float32, written and freed
+    for _ in range(10):
+        buffers = [torch.ones(3 << 20) for _ in range(8)]  # 12 MiB of float32 each, written
+        del buffers
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 3 * pages, f"{faults} page faults for 20 buffers of {pages} pages"
+    assert faults < 2 * pages, f"{faults} page faults for 10 rounds of {pages} pages"
