@@ -323,7 +323,7 @@ def test_freed_memory_is_reused_not_mapped_again() -> None:
     from lenet_lightning.trainer import keep_freed_memory
 
     if not keep_freed_memory():
-        pytest.skip("the C library is not glibc: its malloc keeps its own counsel")
+        pytest.skip("the C library is not glibc: keep_freed_memory changes nothing there")
     pages = 8 * (12 << 20) // resource.getpagesize()  # 96 MiB: glibc's default gives it back
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
