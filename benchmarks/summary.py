@@ -1,4 +1,4 @@
-"""Both benchmarks' latest results for one device, as the Markdown the README's Performance
+"""The benchmarks' latest results for one device, as the Markdown the README's Performance
 section shows: the machine, the command, and the two tables.
 
     python benchmarks/summary.py [--device cpu|cuda] [--quick]
@@ -13,23 +13,28 @@ from pathlib import Path
 
 from epoch_time import render as render_epochs
 from machine import RESULTS
+from onnx_predict import render as render_onnx
 from time_to_accuracy import render as render_accuracy
 
 
 def machine_line(machine: dict) -> str:
     libs = machine["libraries"]
     gpu = f"{machine['gpu']}; " if "gpu" in machine else ""
+    ort = f", onnxruntime {libs['onnxruntime']}" if "onnxruntime" in libs else ""
     return (
         f"{gpu}{machine['cpu_count']} CPUs ({machine['cpu']}), {machine['torch_threads']} torch "
         f"threads; torch {libs['torch']}, lightning {libs['lightning']}, "
-        f"torchvision {libs['torchvision']}, Python {machine['python']}"
+        f"torchvision {libs['torchvision']}{ort}, Python {machine['python']}"
     )
 
 
 def summary(results_dir: Path, device: str, quick: bool) -> str:
     suffix = f"-{device}" + ("-quick" if quick else "")
     parts = []
-    for name, render in (("epoch_time", render_epochs), ("time_to_accuracy", render_accuracy)):
+    renders = {"epoch_time": render_epochs, "time_to_accuracy": render_accuracy}
+    if device == "cpu":  # lenet-predict's start-up, on the CPU
+        renders["onnx_predict"] = render_onnx
+    for name, render in renders.items():
         path = results_dir / f"{name}{suffix}.json"
         if not path.exists():
             parts.append(f"({path.name}: not measured yet)")

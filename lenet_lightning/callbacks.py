@@ -1,30 +1,40 @@
-"""Lightning callbacks and the checkpoint writer: checkpoints that survive a full disk, a resume
-and an interruption; the run's report (``metrics.json``, ``curves.png``); what TensorBoard shows
-beyond the metrics; and the settings only the data can check."""
+"""The run's Lightning callbacks, and ``run_callbacks``, which assembles them from the settings:
+checkpoints that survive a full disk, a resume and an interruption; the run's report; what
+TensorBoard shows beyond the metrics; and the settings only the data can check."""
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
+from dataclasses import asdict, replace
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
+from lenet_lightning.config import MACHINE, TrainConfig, roles
 from lenet_lightning.errors import ConfigError
+from lenet_lightning.figures import digits_figure, plot_curves
 from lenet_lightning.model import count_parameters
 from lenet_lightning.module import MONITOR, Diverged
 from lenet_lightning.outputs import write_atomic
-from lenet_lightning.report import digits_figure, plot_curves, write_run_report
+from lenet_lightning.run_folder import BEST_NAME, LAST_NAME, RunFolder, RunRecord
+from lenet_lightning.trainer import training_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +58,7 @@ class CheckAgainstTheData(L.Callback):
         if stage != "fit":
             return
         interval = trainer.val_check_interval
-        batches = len(trainer.datamodule.train_dataloader())
-        limit = trainer.limit_train_batches
-        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        batches = training_batches(trainer, trainer.datamodule)
         if isinstance(interval, int) and interval > batches:
             raise ConfigError(
                 f"trainer.val_check_interval={interval} is more than the {batches} training "
@@ -60,13 +68,8 @@ class CheckAgainstTheData(L.Callback):
 
 class ResumableCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that names epochs from 1 (as the run prints them) and keeps its record
-    (best score, files) across a resume.
-
-    A resumed run writes into a new folder, and Lightning forgets the best score when the
-    folder changes: the first epoch after a resume would count as the best whatever its score.
-    Here the score, and the file it came from, carry over. Lightning only ever deletes
-    checkpoints inside the current run's folder, so the earlier run's files stay.
-    """
+    (best score, files) across a resume into a new folder, where Lightning would forget the best
+    score. Lightning only deletes checkpoints in the current folder: the earlier run's stay."""
 
     def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         if "epoch" in metrics:
@@ -87,18 +90,20 @@ class ResumableCheckpoint(ModelCheckpoint):
 class ResumeAfterInterrupt(L.Callback):
     """Ctrl-C or SIGTERM loses at most the current epoch: ``last.ckpt`` always holds the last
     epoch boundary (from the start of training on, a resumed run's too), and the run says how
-    to resume from it; a diverged run says which checkpoint is the last good one.
-
-    Lightning stops cleanly on both signals (its signal connector raises
-    ``SIGTERMException``) and calls ``on_exception``. Resuming from an epoch boundary continues
-    exactly as an uninterrupted run would (same data order, same metrics).
-    """
+    to resume from it; a diverged run says which checkpoint is the last good one."""
 
     def __init__(self, last_checkpoint: Path) -> None:
         self.last_checkpoint = last_checkpoint
+        self.batches_done = 0  # in the current epoch
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.last_checkpoint, weights_only=False)  # the start, or resume
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches_done = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.batches_done += 1
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -115,24 +120,19 @@ class ResumeAfterInterrupt(L.Callback):
                 trainer.checkpoint_callback.best_model_path,
             )
             return
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         log.warning(
             "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: "
             "lenet-train ckpt_path=%s and the same settings",
             trainer.current_epoch + 1,
-            done,
+            self.batches_done,
             self.last_checkpoint,
         )
 
 
 class WeightAverage(EMAWeightAveraging):
     """Lightning's exponential moving average of the weights, validated and saved in place of
-    the weights themselves (a checkpoint's ``state_dict`` is the average).
-
-    One change: when testing a checkpoint after fitting, Lightning's callback would load the raw
-    weights (the checkpoint's ``current_model_state``) and test those; here the average is
-    tested, the weights that were validated and chosen.
-    """
+    the weights themselves. One change: testing after fitting tests the average (the weights
+    validated and chosen), where Lightning's callback would load the raw weights."""
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -142,46 +142,39 @@ class WeightAverage(EMAWeightAveraging):
 
 
 class RunReport(L.Callback):
-    """``metrics.json`` in the run folder, rewritten as the run learns more: after fitting (the
-    epochs, their curves in ``curves.png``, the checkpoints), after testing (the test metrics and
-    the confusion matrix), and when training diverges (the good epochs and why it stopped)."""
+    """``metrics.json`` in the run folder, rewritten after fitting (epochs, ``curves.png``,
+    checkpoints), after testing (test metrics, confusion matrix), and when training diverges."""
 
-    def __init__(
-        self, out_dir: Path, config: dict, best: ModelCheckpoint, last: ModelCheckpoint
-    ) -> None:
-        self.out_dir, self.config, self.best, self.last = out_dir, config, best, last
+    def __init__(self, run: RunFolder, config: dict, best: ModelCheckpoint, last: ModelCheckpoint):
+        self.run, self.config, self.best, self.last = run, config, best, last
         self.start = time.perf_counter()
-        self.history: list[dict[str, float]] = []
-        self.facts: dict[str, Any] = {}
+        self.record = RunRecord(config=config)
 
     def write(self, trainer: L.Trainer, test: dict[str, float], **more: Any) -> None:
         if trainer.is_global_zero:
-            facts = {**self.facts, **more, "config": self.config}
-            write_run_report(self.out_dir, self.history, test, MONITOR, **facts)
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.record.summarised(test, MONITOR, **more).write(self.run.metrics)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
         device = str(trainer.strategy.root_device)
-        self.facts = {"parameters": count_parameters(pl_module), "device": device}
+        self.record = replace(self.record, parameters=count_parameters(pl_module), device=device)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.history = list(pl_module.history)  # testing the best checkpoint restores its own
-        self.facts |= {
-            "fit_seconds": round(time.perf_counter() - self.start, 2),
-            "best_checkpoint": self.best.best_model_path or None,  # none after fast_dev_run
-            "last_checkpoint": self.last.best_model_path or None,
-        }
+        self.record = replace(
+            self.record,
+            history=list(pl_module.history),  # testing the best checkpoint restores its own
+            fit_seconds=round(time.perf_counter() - self.start, 2),
+            best_checkpoint=self.best.best_model_path or None,  # none after fast_dev_run
+            last_checkpoint=self.last.best_model_path or None,
+        )
         self.write(trainer, {})  # what is known if testing is interrupted
-        if self.history and trainer.is_global_zero:
-            plot_curves(self.history, self.out_dir / "curves.png")
+        if self.record.history and trainer.is_global_zero:
+            plot_curves(self.record.history, self.run.curves)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        fitted = self.out_dir / "metrics.json"
-        if not self.history and fitted.exists():  # fitted in another process (ddp_spawn)
-            report = json.loads(fitted.read_text())
-            self.history = report["history"]
-            keep = ("parameters", "device", "fit_seconds", "best_checkpoint", "last_checkpoint")
-            self.facts = {k: report[k] for k in keep if k in report}
+        if not self.record.history and (fitted := self.run.record()):  # fitted in another
+            self.record = replace(fitted, config=self.config)  # process (ddp_spawn)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -193,7 +186,7 @@ class RunReport(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, Diverged):  # written: the good epochs; kept: the last good ckpt
-            self.history = list(pl_module.history)
+            self.record = replace(self.record, history=list(pl_module.history))
             self.write(trainer, {}, stopped=str(exception))
 
 
@@ -207,10 +200,8 @@ class TensorBoardExtras(L.Callback):
 
     @staticmethod
     def _writer(trainer: L.Trainer) -> Any:
-        logger = trainer.logger
-        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            return logger.experiment
-        return None
+        tensorboard = isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero
+        return trainer.logger.experiment if tensorboard else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (writer := self._writer(trainer)) is None:
@@ -238,3 +229,38 @@ class TensorBoardExtras(L.Callback):
             "hparams/test_acc": float(trainer.callback_metrics["test/acc"]),
         }
         trainer.logger.log_hyperparams(self.hparams, results)
+
+
+def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callback]:
+    """The run's callbacks: the check against the data, the best and the last checkpoint (every
+    epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
+    the weights' moving average, early stopping and the learning-rate log where they apply."""
+    validating = cfg.trainer.limit_val_batches != 0  # without validation: the last epoch
+    best = ResumableCheckpoint(
+        run.checkpoints,
+        BEST_NAME,
+        monitor=MONITOR if validating else None,
+        mode="max",
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
+    )
+    last = ResumableCheckpoint(
+        run.checkpoints, LAST_NAME, enable_version_counter=False, save_on_train_epoch_end=True
+    )  # listed after best: last.ckpt holds best's record too
+    learned = {k: reduce(getattr, k.split("."), cfg) for k, r in roles().items() if r != MACHINE}
+    callbacks = [
+        CheckAgainstTheData(),
+        best,
+        last,
+        ResumeAfterInterrupt(run.last_checkpoint),
+        RunReport(run, asdict(cfg), best, last),
+        TensorBoardExtras({k: str(v) if isinstance(v, list) else v for k, v in learned.items()}),
+        ModelSummary(max_depth=3),  # every layer with its input and output shape, and FLOPs
+    ]
+    if cfg.callbacks.ema_decay is not None:
+        callbacks.append(WeightAverage(decay=cfg.callbacks.ema_decay))
+    if patience := cfg.callbacks.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
+    if logger and cfg.model.scheduler != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks

@@ -1,8 +1,6 @@
 """Checkpoints: which file ``ckpt_path`` means (``latest`` included), reading one safely, and
-the network inside it. Plain torch, no Lightning, so ``lenet-predict`` starts fast.
-
-Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so
-a file crafted to run code when unpickled is refused before any of it runs.
+the network inside it. Plain torch, no Lightning, so ``lenet-predict`` starts fast. Read with
+``torch.load(weights_only=True)``: a file crafted to run code when unpickled is refused.
 """
 
 from __future__ import annotations
@@ -16,20 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lenet_lightning.config import ModelConfig
+import torch
+
+from lenet_lightning.config import MACHINE, OPTIMISER, WEIGHTS, ModelConfig, TrainConfig, roles
 from lenet_lightning.errors import ConfigError
-from lenet_lightning.model import WEIGHTS, LeNet5
+from lenet_lightning.model import LeNet5
+from lenet_lightning.run_folder import LAST_CHECKPOINT, RunFolder
 
 log = logging.getLogger(__name__)
-BEST_NAME = "best-epoch{epoch:03d}"  # a run's best checkpoint; epochs count from 1
-BEST_CHECKPOINTS = "best-*.ckpt"  # what ckpt_path=latest looks for in lenet-eval, -predict, -demo
-OPTIMISER = (
-    "model.lr",
-    "model.weight_decay",
-    "model.momentum",
-    "model.optimizer",
-    "model.scheduler",
-)
 
 
 def find_checkpoint(value: str, log_dir: str | Path, pattern: str) -> Path:
@@ -58,43 +50,39 @@ def model_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**asdict(ModelConfig()), **ckpt.get("hyper_parameters", {})}
 
 
-def differences(ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The settings of ``cfg`` (model, data, seed) whose checkpoint value differs:
-    ``{key: (in the checkpoint, now)}``. Where MNIST lives is not a difference."""
+def differences(ckpt: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings of ``cfg`` that change what is learned and whose checkpoint value differs:
+    ``{key: (in the checkpoint, now)}``."""
     data = dict(ckpt.get("datamodule_hyper_parameters", {}))
     then = {f"model.{k}": v for k, v in model_settings(ckpt).items()}
     then |= {f"data.{k}": v for k, v in data.items() if k != "seed"} | {"seed": data.get("seed")}
-    now = {f"model.{k}": v for k, v in cfg["model"].items()}
-    now |= {f"data.{k}": v for k, v in cfg["data"].items()} | {"seed": cfg["seed"]}
-    skip = {"data.data_dir", "data.sources", "data.eval_batch_size"}  # change nothing trained
-    return {k: (then.get(k), v) for k, v in now.items() if k not in skip and then.get(k) != v}
+    now = {f"model.{k}": v for k, v in vars(cfg.model).items()}
+    now |= {f"data.{k}": v for k, v in vars(cfg.data).items()} | {"seed": cfg.seed}
+    learned = {k for k, role in roles().items() if role != MACHINE}
+    return {k: (then.get(k), v) for k, v in now.items() if k in learned and then.get(k) != v}
 
 
-def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> Path:
-    """The checkpoint to resume ``cfg``'s run from.
-
-    A file given by name: a different network (other weights) is refused; other settings that
-    differ are reported, one line each. ``latest``: the newest ``last.ckpt`` below ``log_dir``
-    of this run's own line, trained with exactly these model and data settings and seed; one
-    that cannot be read is skipped with a line saying so.
-    """
+def resume_checkpoint(value: str, log_dir: str | Path, cfg: TrainConfig) -> Path:
+    """The checkpoint to resume ``cfg``'s run from. A file given by name: another network is
+    refused, other settings that differ are reported. ``latest``: the newest ``last.ckpt`` below
+    ``log_dir`` trained with exactly these settings; one that cannot be read is skipped."""
     if value != "latest":
-        path = find_checkpoint(value, log_dir, "last.ckpt")
+        path = find_checkpoint(value, log_dir, LAST_CHECKPOINT)
         differ = differences(read_checkpoint(path), cfg)
-        if mismatch := {k: v for k, v in differ.items() if k.removeprefix("model.") in WEIGHTS}:
+        if mismatch := {k: v for k, v in differ.items() if roles()[k] == WEIGHTS}:
             raise ConfigError(
                 f"ckpt_path={value!r}: {path} holds another network: {shown(mismatch)}"
             )
         for key, (then, now) in differ.items():
             log.warning("Resuming with %s=%r; the checkpoint was trained with %r", key, now, then)
-        if any(key.startswith(OPTIMISER) for key in differ):
+        if any(roles()[key] == OPTIMISER for key in differ):
             log.warning(
                 "The optimiser and its schedule resume as the checkpoint left them: its "
                 "learning rate, weight decay and schedule hold, whatever these settings say"
             )
         log.info("Resuming from %s", path)
         return path
-    paths = newest_first(log_dir, "last.ckpt")
+    paths = newest_first(log_dir, LAST_CHECKPOINT)
     newest_other = None
     for path in paths:
         try:
@@ -108,23 +96,20 @@ def resume_checkpoint(value: str, log_dir: str | Path, cfg: dict[str, Any]) -> P
         newest_other = newest_other or f"{path} differs in {shown(differ)}"
     where = Path(log_dir).resolve()
     if not paths:
-        raise ConfigError(f"ckpt_path=latest: no last.ckpt below {where}")
+        raise ConfigError(f"ckpt_path=latest: no {LAST_CHECKPOINT} below {where}")
+    none_of = f"ckpt_path=latest: none of the {len(paths)} {LAST_CHECKPOINT} below {where}"
     if not newest_other:
-        raise ConfigError(
-            f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {where} can be read"
-        )
+        raise ConfigError(f"{none_of} can be read")
     raise ConfigError(
-        f"ckpt_path=latest: none of the {len(paths)} last.ckpt below {where} was trained with "
-        f"these settings (give the file as ckpt_path=... to resume it anyway); the newest: "
-        f"{newest_other}"
+        f"{none_of} was trained with these settings (give the file as ckpt_path=... to resume it "
+        f"anyway); the newest: {newest_other}"
     )
 
 
-def own_checkpoint(out_dir: Path, cfg: dict[str, Any], why: str) -> Path | None:
-    """The run's own ``last.ckpt`` in ``out_dir`` to carry it on from (``resume=true``, or a
-    SLURM job restarted after a preemption); None where the run had not started training.
-    A checkpoint trained with other settings is refused: that folder holds another run."""
-    path = out_dir / "checkpoints" / "last.ckpt"
+def own_checkpoint(run: RunFolder, cfg: TrainConfig, why: str) -> Path | None:
+    """The run's own ``last.ckpt`` to carry it on from (``resume=true``, or a restarted SLURM
+    job); None where the run had not started training; refused if trained with other settings."""
+    path = run.last_checkpoint
     if not path.exists():
         return None
     ckpt = read_checkpoint(path)
@@ -157,8 +142,6 @@ def reading(path: Path) -> Iterator[None]:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's content as plain data; refuse one that holds anything else."""
-    import torch
-
     with reading(path):
         return torch.load(path, map_location="cpu", weights_only=True)
 

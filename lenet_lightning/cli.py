@@ -4,8 +4,9 @@ check, and the run's own folder.
 ``lenet-train``, ``lenet-eval``, ``lenet-predict`` and ``lenet-demo`` are each
 ``entry_point(app, task)``: Hydra composes ``conf/<app>.yaml`` with the command line's
 overrides, ``CheckConfig`` refuses a bad config before Hydra makes a folder (for a sweep: every
-job's config before the first job starts) and claims the run's folder, then ``task(cfg)`` runs.
-Any error becomes one line (``errors.py``). Light on purpose: no torch, no Lightning.
+job's config before the first job starts) and claims the run's folder, then ``task`` runs with
+the settings as their dataclass. Any error becomes one line (``errors.py``). Light on purpose:
+no torch, no Lightning.
 """
 
 import math
@@ -26,15 +27,27 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from hydra_plugins.lenet_lightning import register_launchers
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, register, validate
 from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line
+from lenet_lightning.report import pairs, read_job, sweep_jobs, write_sweep_summary
+from lenet_lightning.run_folder import RunFolder, SweepFolder, new_folder
 from lenet_lightning.slurm import check_request, queued_from, restart_count
-from lenet_lightning.sweeps import FAILED, pairs, read_job, sweep_jobs, write_sweep_summary
 
 MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
-RUN_FILES = ("checkpoints", "metrics.json")  # what makes a folder hold a run's results
-MADE = "LENET_RUN_DIR_MADE"  # the run folder CheckConfig made for this run, and the first
-EXISTED = "LENET_RUN_DIR_EXISTED"  # folder above it that existed before
-SWEEP = "LENET_SWEEP_DIR"  # the folder CheckConfig claimed for this sweep
 SIGTERM_EXIT = 143  # 128 + 15: what a shell reports for a process ended by SIGTERM
+
+
+class Claims:
+    """What ``CheckConfig`` claimed in this process, for ``main`` to tidy up after a failure:
+    the run folder it made new, below ``made_below`` (which existed before), or the sweep's."""
+
+    run: RunFolder | None = None
+    made_below: Path | None = None
+    sweep: SweepFolder | None = None
+
+    def clear(self) -> None:
+        self.run, self.made_below, self.sweep = None, None, None
+
+
+claims = Claims()
 
 
 def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], None]:
@@ -49,26 +62,27 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=app)
     def job(cfg: DictConfig) -> Any:
         hydra_cfg = HydraConfig.get()
-        out_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode != RunMode.MULTIRUN:  # the one line, before Hydra adds its own
             with errors_as_one_line(prog):
                 try:
-                    return task(cfg)
+                    return task(OmegaConf.to_object(cfg))
                 except BaseException:
                     remove_if_unused()
                     raise
-        (out_dir / FAILED).unlink(missing_ok=True)  # a failure before: this job runs again
+        failed = RunFolder(Path(hydra_cfg.runtime.output_dir)).failed
+        failed.unlink(missing_ok=True)  # a failure before: this job runs again
         try:
-            return task(cfg)
+            return task(OmegaConf.to_object(cfg))
         except Exception as err:
             reason = one_line(err)
             print(f"{prog}: error: job {hydra_cfg.job.num} failed: {reason}", file=sys.stderr)
-            (out_dir / FAILED).write_text(reason + "\n")
+            failed.write_text(reason + "\n")
             return math.nan  # a search plugin (Optuna) records a failed trial and goes on
 
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
-        register()
+        claims.clear()  # nothing claimed yet by this command
+        register(app)
         register_launchers()
         with errors_as_one_line(prog):
             try:
@@ -79,7 +93,8 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
                 fail(f"{prog}: interrupted", 130)
             except SystemExit as stop:
                 summarize_stopped_sweep()
-                if type(stop).__name__ == "SIGTERMException":  # Lightning stopped cleanly
+                lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+                if lightning and isinstance(stop, lightning.SIGTERMException):  # stopped cleanly
                     sys.exit(SIGTERM_EXIT)
                 raise
 
@@ -88,26 +103,17 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
 
 def summarize_stopped_sweep() -> None:
     """A sweep stopped before its end (Ctrl-C, SIGTERM): its summary, as far as it got."""
-    folder = Path(os.environ.get(SWEEP, ""))
-    if os.environ.get(SWEEP) and folder.is_dir() and not (folder / "summary.md").exists():
-        write_sweep_summary(folder)
-        print(f"The sweep stopped; its summary so far: {folder / 'summary.md'}", file=sys.stderr)
+    sweep = claims.sweep
+    if sweep and sweep.path.is_dir() and not sweep.summary.exists():
+        write_sweep_summary(sweep.path)
+        print(f"The sweep stopped; its summary so far: {sweep.summary}", file=sys.stderr)
 
 
 def remove_if_unused() -> None:
-    """Remove the run folder ``CheckConfig`` made for this run if the run saved nothing in it
-    (only Hydra's files and the logs of a start that failed), and the folders made above it."""
-    if not (made := os.environ.get(MADE)) or not (job_dir := Path(made)).is_dir():
-        return  # no folder made for this run: nothing is ever removed
-    start_only = {".hydra", "tensorboard", "csv"}
-    if any(p.name not in start_only and p.suffix != ".log" for p in job_dir.iterdir()):
-        return
-    shutil.rmtree(job_dir)
-    existed = Path(os.environ[EXISTED])
-    for parent in job_dir.parents:
-        if existed not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
+    """Remove the run folder ``CheckConfig`` made for this run if the run saved nothing in it,
+    and the folders made above it. A folder it did not make is never removed."""
+    if claims.run and claims.made_below:
+        claims.run.remove_if_unused(claims.made_below)
 
 
 def check_writable(key: str, folder: str) -> None:
@@ -140,19 +146,6 @@ def given(config: DictConfig, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
 
-def claim_folder(folder: Path) -> Path:
-    """Make ``folder``, or ``folder_2``, ``folder_3``... if it exists: a folder no other run has,
-    however many start in the same second (making a folder is atomic)."""
-    candidate, n = folder, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = folder.with_name(f"{folder.name}_{n}")
-
-
 def other_settings(there: dict[str, str], here: dict[str, str], this: str) -> str:
     """The overrides in which a folder's run (``there``) differs from this one: ``k=v (this
     run: w), ...``; empty where they agree."""
@@ -165,7 +158,7 @@ def check_same_sweep(config: DictConfig, folder: Path) -> None:
     jobs = sweep_jobs(list(config.hydra.overrides.task))
     for hydra_dir in sorted(folder.glob("*/.hydra")):
         name = hydra_dir.parent.name
-        there = read_job(hydra_dir.parent, name).overrides
+        there = read_job(RunFolder(hydra_dir.parent), name).overrides
         here = pairs(jobs[int(name)]) if name.isdigit() and int(name) < len(jobs) else {}
         if shown := other_settings(there, here, "sweep"):
             raise ConfigError(
@@ -190,7 +183,7 @@ class CheckConfig(Callback):
             if worker_rank() > 0 or "output_dir" not in config.get("paths", {}):
                 return
             run_dir = Path(config.hydra.run.dir).absolute()
-            if config.get("resume") and (done := read_job(run_dir, run_dir.name)).done:
+            if config.get("resume") and (done := read_job(RunFolder(run_dir), run_dir.name)).done:
                 here = pairs(config.hydra.overrides.task)
                 if shown := other_settings(done.overrides, here, "run"):
                     raise ConfigError(
@@ -201,8 +194,8 @@ class CheckConfig(Callback):
             existed = next(p for p in run_dir.parents if p.exists())
             made = not run_dir.exists() or not given(config, "hydra.run.dir")
             claimed = self.claim(config, "hydra.run.dir", run_dir)
-            if made:  # for the job: the folders it may remove if it saves nothing
-                os.environ[MADE], os.environ[EXISTED] = str(claimed), str(existed)
+            if made:  # for main: the folders it may remove if the run saves nothing
+                claims.run, claims.made_below = RunFolder(claimed), existed
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
 
@@ -218,7 +211,7 @@ class CheckConfig(Callback):
             if config.hydra.launcher._target_.endswith("SlurmLauncher"):  # before submitting
                 check_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
             folder = self.claim(config, "hydra.sweep.dir", Path(config.hydra.sweep.dir).absolute())
-            os.environ[SWEEP] = str(folder)
+            claims.sweep = SweepFolder(folder)
             with read_write(config.hydra):  # the jobs' configs are composed from these overrides
                 config.hydra.sweep.dir = str(folder)
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
@@ -233,9 +226,9 @@ class CheckConfig(Callback):
                     f"resume=true carries on the run or sweep in the folder given as {key}=..."
                     ": give it (or resume the newest run of these settings: ckpt_path=latest)"
                 )
-            return claim_folder(folder)
+            return new_folder(folder)
         taken = sorted(p.parent.name for p in folder.glob("*/.hydra")) if "sweep" in key else []
-        taken += [name for name in RUN_FILES if (folder / name).exists()]
+        taken += RunFolder(folder).results()
         if taken and not (config.get("resume") or restart_count()):
             raise ConfigError(
                 f"{key}={str(folder)!r} already holds another run ({', '.join(taken)}): give "

@@ -22,11 +22,21 @@ from lenet_lightning.mnist_files import SOURCES
 
 CONFIG_MODULE = "lenet_lightning.conf"  # conf/, shipped inside the package
 
+# What a setting changes, declared on its line (role=...). Resuming, ckpt_path=latest and the
+# run's report take their lists of keys from these, so a new setting is one line here.
+WEIGHTS = "weights"  # which weights the network has: a checkpoint of another value cannot load
+MODEL = "model"  # what the network computes with the same weights
+OPTIMISER = "optimiser"  # how the weights are updated (a resumed optimiser keeps its own)
+TRAINING = "training"  # what the network learns from: the data, its order, the seed
+MACHINE = "machine"  # where and how fast; nothing learned changes
 
-def setting(default: Any, allowed: str, check: Callable[[Any], bool], **more: Any) -> Any:
-    """A dataclass field: its default, and ``check`` for the values described by ``allowed``."""
+
+def setting(default: Any, allowed: str = "", check: Callable | None = None, role: str = "",
+            **more: Any) -> Any:  # fmt: skip
+    """A dataclass field: its default, ``check`` for the values described by ``allowed``, and
+    its ``role`` (what it changes)."""
     where = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
-    metadata = {"check": check, "allowed": allowed, **more}
+    metadata = {"check": check, "allowed": allowed, "role": role, **more}
     return field(**(where or {"default": default}), metadata=metadata)
 
 
@@ -34,30 +44,30 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def choice(*values: Any) -> Any:
+def choice(*values: Any, role: str = "") -> Any:
     """One of ``values``; the first is the default."""
     allowed = f"one of [{', '.join(map(str, values))}]"
-    return setting(values[0], allowed, lambda v: v in values, choices=values)
+    return setting(values[0], allowed, lambda v: v in values, role, choices=values)
 
 
-def positive(default: float) -> Any:
-    return setting(default, "a finite number > 0", lambda v: _number(v) and v > 0)
+def positive(default: float, role: str = "") -> Any:
+    return setting(default, "a finite number > 0", lambda v: _number(v) and v > 0, role)
 
 
-def at_least(default: float, low: float) -> Any:
+def at_least(default: float, low: float, role: str = "") -> Any:
     kind = "an integer" if isinstance(default, int) else "a finite number"
-    return setting(default, f"{kind} >= {low}", lambda v: _number(v) and v >= low)
+    return setting(default, f"{kind} >= {low}", lambda v: _number(v) and v >= low, role)
 
 
-def fraction(default: float, high: float = 1.0, *, high_included: bool = False) -> Any:
+def fraction(default: float, high: float = 1.0, *, high_included: bool = False, role: str = ""):
     """A number from 0 up to ``high`` (included or not)."""
     up_to = f"up to {high:g}" if high_included else f"up to (not including) {high:g}"
     ok = (lambda v: 0 <= v <= high) if high_included else (lambda v: 0 <= v < high)
-    return setting(default, f"a number from 0 {up_to}", lambda v: _number(v) and ok(v))
+    return setting(default, f"a number from 0 {up_to}", lambda v: _number(v) and ok(v), role)
 
 
 def seed_value() -> Any:
-    return setting(0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32)
+    return setting(0, "an integer from 0 to 4294967295", lambda v: 0 <= v < 2**32, TRAINING)
 
 
 def share_of_epoch(off: str = "") -> Any:
@@ -66,13 +76,8 @@ def share_of_epoch(off: str = "") -> Any:
     least = 0 if off else 1
 
     def ok(v: Any) -> bool:
-        if isinstance(v, bool):
-            return False
-        return (
-            v is None
-            or (isinstance(v, int) and v >= least)
-            or (isinstance(v, float) and 0 < v <= 1)
-        )
+        batches, share = isinstance(v, int) and v >= least, isinstance(v, float) and 0 < v <= 1
+        return not isinstance(v, bool) and (v is None or batches or share)
 
     zero = f", or 0 ({off})" if off else ""
     return setting(None, f"null, a fraction above 0 up to 1.0, a number of batches >= 1{zero}", ok)
@@ -82,45 +87,47 @@ def share_of_epoch(off: str = "") -> Any:
 class DataFilesConfig:
     """Where MNIST lives and how the test set is batched (all that evaluation needs)."""
 
-    data_dir: str = '${oc.env:LENET_DATA_DIR,"~/.cache/lenet-lightning"}'  # shared by all runs
+    data_dir: str = setting('${oc.env:LENET_DATA_DIR,"~/.cache/lenet-lightning"}', role=MACHINE)
     sources: list[str] = setting(  # where missing raw files come from, in order; [] = none
-        list(SOURCES), f"a list from {list(SOURCES)}", lambda v: set(v) <= set(SOURCES)
+        list(SOURCES), f"a list from {list(SOURCES)}", lambda v: set(v) <= set(SOURCES), MACHINE
     )
-    eval_batch_size: int = at_least(1000, 1)  # validation and test mini-batch
+    eval_batch_size: int = at_least(1000, 1, MACHINE)  # validation and test mini-batch
 
 
 @dataclass
 class DataConfig(DataFilesConfig):
     """``MNISTDataModule``'s arguments (``lenet_lightning/data.py``)."""
 
-    batch_size: int = at_least(100, 1)  # training mini-batch
-    val_size: int = setting(5000, "an integer from 0 to 59999", lambda v: 0 <= v <= 59_999)
-    normalize: bool = True  # standardise with MNIST's mean and std; false = raw 0-255 values
+    batch_size: int = at_least(100, 1, TRAINING)  # training mini-batch
+    val_size: int = setting(
+        5000, "an integer from 0 to 59999", lambda v: 0 <= v <= 59_999, TRAINING
+    )
+    normalize: bool = setting(True, role=TRAINING)  # MNIST's mean and std; false: raw 0-255
     split_seed: int = seed_value()  # which training images form the validation split
-    augment_degrees: float = fraction(0.0, 180, high_included=True)  # random rotation, +/- degrees
-    augment_translate: float = fraction(0.0, 0.5, high_included=True)  # shift, share of the size
-    augment_scale: float = fraction(0.0)  # zoom in or out by up to this share
+    augment_degrees: float = fraction(0.0, 180, high_included=True, role=TRAINING)  # +/- degrees
+    augment_translate: float = fraction(0.0, 0.5, high_included=True, role=TRAINING)  # shift
+    augment_scale: float = fraction(0.0, role=TRAINING)  # zoom in or out by up to this share
 
 
 @dataclass
 class ModelConfig:
     """``LitLeNet5``'s arguments (``lenet_lightning/module.py``); the defaults are the lesson's."""
 
-    activation: str = choice("tanh", "relu")
-    pooling: str = choice("avg", "max")
-    conv_size: int = choice(5, 3)  # 3: two 3x3 convolutions in place of each 5x5 one
-    conv1_channels: int = at_least(6, 1)  # feature maps of the first convolution stage
-    conv2_channels: int = at_least(16, 1)  # feature maps of the second convolution stage
-    fc1_units: int = at_least(120, 1)  # outputs of the first fully connected layer
-    batch_norm: bool = False
-    dropout: float = fraction(0.0)  # probability, before each fully connected layer
-    lr: float = positive(1e-3)
-    weight_decay: float = at_least(0.0, 0)
-    optimizer: str = choice("adam", "adamw", "sgd")
-    momentum: float = fraction(0.0)  # sgd only: the share of the last step kept
-    scheduler: str = choice("cosine", "none", "onecycle")  # per step, over the whole run
-    label_smoothing: float = fraction(0.0)
-    channels_last: bool = True  # NHWC memory layout: the same network, faster convolutions
+    activation: str = choice("tanh", "relu", role=MODEL)
+    pooling: str = choice("avg", "max", role=MODEL)
+    conv_size: int = choice(5, 3, role=WEIGHTS)  # 3: two 3x3 convolutions for each 5x5 one
+    conv1_channels: int = at_least(6, 1, WEIGHTS)  # feature maps of the first convolution stage
+    conv2_channels: int = at_least(16, 1, WEIGHTS)  # feature maps of the second one
+    fc1_units: int = at_least(120, 1, WEIGHTS)  # outputs of the first fully connected layer
+    batch_norm: bool = setting(False, role=WEIGHTS)
+    dropout: float = fraction(0.0, role=MODEL)  # probability, before each fully connected layer
+    lr: float = positive(1e-3, OPTIMISER)
+    weight_decay: float = at_least(0.0, 0, OPTIMISER)
+    optimizer: str = choice("adam", "adamw", "sgd", role=OPTIMISER)
+    momentum: float = fraction(0.0, role=OPTIMISER)  # sgd only: the share of the last step kept
+    scheduler: str = choice("cosine", "none", "onecycle", role=OPTIMISER)  # per step
+    label_smoothing: float = fraction(0.0, role=TRAINING)
+    channels_last: bool = setting(True, role=MACHINE)  # NHWC layout: faster convolutions
 
 
 @dataclass
@@ -225,13 +232,24 @@ class DemoConfig:
     paths: LogDirConfig = field(default_factory=LogDirConfig)
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "demo": DemoConfig}
+@dataclass
+class ExportConfig:
+    task_name: str = "export"
+    ckpt_path: str = MISSING  # as for lenet-eval
+    output: str | None = setting(  # null: beside the checkpoint, <its name>.onnx
+        None, "null or a path ending in .onnx", lambda v: v is None or v.endswith(".onnx")
+    )
+    data: DataFilesConfig = field(default_factory=DataFilesConfig)  # the self-check's test set
+    paths: LogDirConfig = field(default_factory=LogDirConfig)
 
 
-def register() -> None:
-    """Make the schemas known to Hydra as ``<app>_schema``, the first entry of each app's config."""
-    for name, schema in SCHEMAS.items():
-        ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig,
+           "demo": DemoConfig, "export": ExportConfig}  # fmt: skip
+
+
+def register(app: str = "train") -> None:
+    """Make an app's schema known to Hydra as ``<app>_schema``, the first entry of its config."""
+    ConfigStore.instance().store(name=f"{app}_schema", node=SCHEMAS[app])
 
 
 def validate(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -252,16 +270,34 @@ def validate(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             raise ConfigError(f"{key} was deleted (~{key}), but every run needs it")
         if is_dataclass(f.type):
             validate(cfg[f.name], f.type, key + ".")
-        elif "check" in f.metadata and not f.metadata["check"](value := cfg[f.name]):
+        elif (check := f.metadata.get("check")) and not check(value := cfg[f.name]):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
+
+
+def roles(schema: type = TrainConfig, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: role}`` of every setting that declares one (``model.lr``: optimiser)."""
+    found = {}
+    for f in fields(schema):
+        if is_dataclass(f.type):
+            found |= roles(f.type, f"{prefix}{f.name}.")
+        elif f.metadata.get("role"):
+            found[prefix + f.name] = f.metadata["role"]
+    return found
 
 
 def compose_config(
     overrides: list[str], app: str = "train", return_hydra_config: bool = False
-) -> DictConfig:
-    """An app's config with overrides, composed and checked as its command line does it."""
-    register()
+) -> Any:
+    """An app's settings with overrides, composed and checked as its command line does it: its
+    dataclass (``TrainConfig``...), or with ``return_hydra_config`` the DictConfig with Hydra's
+    own keys. Outside a Hydra run, ``paths.output_dir`` is None unless given."""
+    register(app)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose(app, overrides, return_hydra_config=return_hydra_config)
     validate(cfg, SCHEMAS[app])
-    return cfg
+    if return_hydra_config:
+        return cfg
+    paths = cfg.get("paths", {})
+    if str(OmegaConf.to_container(paths).get("output_dir")).startswith("${hydra:"):
+        paths.output_dir = None
+    return OmegaConf.to_object(cfg)

@@ -1,14 +1,14 @@
 """MNIST as resident tensors: verified raw files -> ``(N, 1, 28, 28)`` floats -> sliced batches.
 
 The whole data set is read once as uint8 tensors (no per-sample PIL decoding), converted to
-float on the training device (moved there once, not batch by batch), and cut into mini-batches
-by indexing: a new seeded permutation every epoch for training, in order for validation and
-test. Under DDP each rank takes a disjoint shard of each epoch's permutation.
+float on the training device once, and cut into mini-batches by indexing: a new seeded
+permutation every epoch for training (a disjoint shard of it per DDP rank), in order otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -30,10 +30,8 @@ def load_mnist(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
 
 
 def random_affine(images: Tensor, degrees: float, translate: float, scale: float) -> Tensor:
-    """Rotate, shift and zoom each image of a batch at random, all at once on its device.
-
-    Pixels that come in from outside the image repeat the border (the background).
-    """
+    """Rotate, shift and zoom each image of a batch at random, all at once on its device. Pixels
+    that come in from outside the image repeat the border (the background)."""
     n = images.shape[0]
     rand = lambda: torch.rand(n, device=images.device) * 2 - 1  # noqa: E731 - uniform in [-1, 1]
     angle = torch.deg2rad(rand() * degrees)
@@ -47,31 +45,24 @@ def random_affine(images: Tensor, degrees: float, translate: float, scale: float
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
+@dataclass(eq=False)
 class ResidentBatches:
     """Mini-batches sliced from tensors that stay where they are (CPU or GPU memory)."""
 
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: Callable[[], int] = lambda: 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.rank, self.world_size = rank, world_size
+    images: Tensor
+    labels: Tensor
+    batch_size: int
+    _: KW_ONLY
+    shuffle: bool = False
+    seed: int = 0
+    epoch: Callable[[], int] = lambda: 0
+    rank: int = 0
+    world_size: int = 1
 
     def indices(self) -> Tensor | None:
         """This rank's sample indices for the current epoch, or None for "all, in order".
-
-        Training: equal shards of a new permutation (a remainder of under ``world_size``
-        images waits for the next epoch's). Evaluation: every image once, on one rank.
-        """
+        Training: equal shards of a new permutation (a remainder of under ``world_size`` images
+        waits for the next epoch's). Evaluation: every image once, on one rank."""
         n = len(self.labels)
         if not self.shuffle:
             if self.world_size == 1:
@@ -88,22 +79,15 @@ class ResidentBatches:
         return -(-mine // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.indices()
-        bs = self.batch_size
-        if order is None:
-            for start in range(0, len(self.labels), bs):
-                yield self.images[start : start + bs], self.labels[start : start + bs]
-        else:
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
-                yield self.images[idx], self.labels[idx]
+        order, bs = self.indices(), self.batch_size
+        for start in range(0, len(self.labels) if order is None else len(order), bs):
+            idx = slice(start, start + bs) if order is None else order[start : start + bs]
+            yield self.images[idx], self.labels[idx]
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST train / validation / test, with a validation split held out of the training set.
-
-    ``val_size=0`` validates on the official test set every epoch, as the lesson does.
-    """
+    """MNIST train / validation / test, with a validation split held out of the training set;
+    ``val_size=0`` validates on the official test set every epoch, as the lesson does."""
 
     def __init__(
         self,
@@ -131,19 +115,11 @@ class MNISTDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         ensure_mnist(self.data_dir, self.hparams.sources)
 
-    def batches_per_epoch(self) -> int:
-        """Training batches in an epoch on one process, before any limit."""
-        self.prepare_data()
-        _, labels = load_mnist(self.data_dir, train=True)
-        return -(-(len(labels) - self.hparams.val_size) // self.hparams.batch_size)
-
-    def _device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        device, hp = self._device(), self.hparams
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        hp = self.hparams
 
         def resident(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
             return to_float_images(images.to(device), hp.normalize), labels.to(device)

@@ -1,5 +1,6 @@
 """lenet-demo: a local web page where you draw a digit (or upload a photo of one) and see what
 the network receives and what it says. Gradio, an optional extra: ``pip install ".[demo]"``.
+It serves a checkpoint, or the ``.onnx`` file ``lenet-export`` made of one (without torch).
 
 The page prepares a drawing or a photo exactly as ``lenet-predict`` does (``images.py``), and
 shows the 28x28 digit the network gets: centred, light on dark, as MNIST's digits were made.
@@ -7,28 +8,25 @@ shows the 28x28 digit the network gets: centred, light on dark, as MNIST's digit
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
-from lenet_lightning.checkpoints import BEST_CHECKPOINTS, find_checkpoint, trained_network
 from lenet_lightning.cli import entry_point
+from lenet_lightning.config import DemoConfig
 from lenet_lightning.errors import ConfigError
-from lenet_lightning.images import ImageError, probabilities, read_image, to_mnist
+from lenet_lightning.images import ImageError, read_image, to_mnist
+from lenet_lightning.networks import open_network
 
 MAX_UPLOAD = "20mb"  # a photo from a phone is a few MB
 PIXEL = 7  # the 28x28 input is shown 7 times larger: 196x196
 
 
-def about(path: Path) -> str:
-    """Which checkpoint the page serves, with the test accuracy its run measured."""
-    metrics = path.parent.parent / "metrics.json"
-    test = json.loads(metrics.read_text())["final"].get("test/acc") if metrics.exists() else None
+def about(path: Path, test: float | None) -> str:
+    """Which file the page serves, with the test accuracy its run measured."""
     measured = f", test accuracy **{test:.2%}** (its run's `metrics.json`)" if test else ""
     return f"Serving `{path}`{measured}."
 
@@ -36,8 +34,8 @@ def about(path: Path) -> str:
 class Reader:
     """Reads one picture as lenet-predict does: the digit, ten probabilities, the 28x28 input."""
 
-    def __init__(self, path: Path) -> None:
-        self.network, self.normalize = trained_network(path)
+    def __init__(self, ckpt_path: str | Path, log_dir: str = ".") -> None:
+        self.path, self.network = open_network(str(ckpt_path), log_dir)
 
     def read(
         self, image: Any, name: str = ""
@@ -49,7 +47,7 @@ class Reader:
         except ImageError as err:
             named = f" ({name})" if name else ""
             return self.read_nothing(f"**Cannot read a digit:** {err}{named}")
-        probs = probabilities(self.network, digit, self.normalize).tolist()
+        probs = self.network.probabilities(digit[None])[0].tolist()
         best = int(np.argmax(probs))
         big = digit.repeat(PIXEL, axis=0).repeat(PIXEL, axis=1)  # each pixel a visible square
         return str(best), {str(d): p for d, p in enumerate(probs)}, big, ""
@@ -112,17 +110,16 @@ def page(reader: Reader, served: str) -> Any:
     return blocks
 
 
-def serve(cfg: DictConfig) -> None:
+def serve(cfg: DemoConfig) -> None:
     """Load the checkpoint (refusing a bad one before any server starts), then serve the page."""
-    path = find_checkpoint(cfg.ckpt_path, cfg.paths.log_dir, BEST_CHECKPOINTS)
-    reader = Reader(path)
+    reader = Reader(cfg.ckpt_path, cfg.paths.log_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves this machine
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's checks of its own server
     try:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ConfigError('lenet-demo needs Gradio: pip install "lenet-lightning[demo]"') from err
-    blocks = page(reader, about(path))
+    blocks = page(reader, about(reader.path, reader.network.test_acc))
     blocks.queue()
     _, url, _ = blocks.launch(
         server_name=cfg.host,
@@ -131,7 +128,7 @@ def serve(cfg: DictConfig) -> None:
         quiet=True,
         prevent_thread_lock=True,
     )
-    print(f"lenet-demo: serving {path} at {url} (Ctrl-C stops it)", flush=True)
+    print(f"lenet-demo: serving {reader.path} at {url} (Ctrl-C stops it)", flush=True)
     try:
         blocks.block_thread()
     finally:

@@ -1,9 +1,8 @@
 """Errors as one line: what every command prints when something goes wrong, and its exit code.
 
 A refusal of the user's input (a setting, a file, a folder) exits with code 2; any other failure
-with 1. Either way the user sees one line naming what went wrong, never a traceback
-(``LENET_DEBUG=1`` shows it), and the run's log file gets the same line. The bottom floor of the
-package: Hydra's and OmegaConf's errors only, nothing of ours.
+with 1. Either way the user sees one line, never a traceback (``LENET_DEBUG=1`` shows it), and
+the run's log file gets it too. The package's bottom floor: it imports none of our modules.
 """
 
 import logging
@@ -23,9 +22,6 @@ class Refused(Exception):
 
 class ConfigError(Refused, ValueError):
     """A setting outside what is allowed; its message names the key and the value."""
-
-
-REFUSALS = (Refused, HydraException, OmegaConfBaseException, OSError)
 
 
 def one_line(err: BaseException) -> str:
@@ -66,7 +62,7 @@ def errors_as_one_line(prog: str) -> Iterator[None]:
     """Turn any error into one line on stderr and exit: 2 for a refusal, 1 otherwise."""
     try:
         yield
-    except REFUSALS as err:
+    except (Refused, HydraException, OmegaConfBaseException, OSError) as err:
         fail(f"{prog}: error: {one_line(err)}", 2)
     except Exception as err:
         if os.environ.get("LENET_DEBUG"):

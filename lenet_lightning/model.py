@@ -1,19 +1,20 @@
-"""LeNet-5 and its modern variants as a plain PyTorch module (no Lightning here).
+"""LeNet-5 and its modern variants as a plain PyTorch module: only torch, so it can be copied.
 
-The lesson's network: conv 1->6 (5x5, padding 2), tanh, 2x2 average pooling; conv 6->16 (5x5),
-tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706 parameters). The
-options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions in place of each
-5x5 one (the same receptive field, one more non-linearity), batch norm, dropout, more feature
-maps in each convolution stage than the lesson's 6 and 16, and another width for the first
-fully connected layer than its 120.
+The lesson's network, ``LeNet5()``: conv 1->6 (5x5, padding 2), tanh, 2x2 average pooling; conv
+6->16 (5x5), tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706
+parameters). The options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions
+in place of each 5x5 one (the same receptive field, one more non-linearity), batch norm, dropout,
+more feature maps per convolution stage, and another width for the first fully connected layer.
 
-``LeNet5()`` is the lesson's network; this file needs only torch and can be copied anywhere.
-(In the package, ``ModelConfig`` in ``config.py`` holds the same defaults, and a test checks
-that they agree.)
+Every layer has a name (``features.conv1``, ``classifier.fc1``...), so the weights' names do
+not depend on options that add no weights (dropout, the activation, the pooling). ``ModelConfig``
+in ``config.py`` holds the same defaults, and a test checks that they agree.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,18 +22,6 @@ from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POOLINGS: dict[str, type[nn.Module]] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
-NETWORK = (  # LeNet5's arguments
-    "activation",
-    "pooling",
-    "conv_size",
-    "conv1_channels",
-    "conv2_channels",
-    "fc1_units",
-    "batch_norm",
-    "dropout",
-)
-# those of them that change which weights it has (a checkpoint of others does not load)
-WEIGHTS = ("conv_size", "conv1_channels", "conv2_channels", "fc1_units", "batch_norm")
 
 
 class LeNet5(nn.Module):
@@ -53,33 +42,36 @@ class LeNet5(nn.Module):
         super().__init__()
         act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
 
-        def conv(c_in: int, c_out: int, size: int, padding: int) -> list[nn.Module]:
-            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
-            return [nn.Conv2d(c_in, c_out, size, padding=padding), *norm, act()]
+        def stage(n: int, c_in: int, c_out: int, padding: int) -> dict[str, nn.Module]:
+            """One 5x5 convolution (``conv1``), or two 3x3 ones that see the same 5x5 window
+            (``conv1a``, ``conv1b``); each with its batch norm and activation, then pooling."""
+            three = (3, padding // 2)
+            sizes = {"": (5, padding)} if conv_size == 5 else {"a": three, "b": three}
+            layers: dict[str, nn.Module] = {}
+            for part, (size, pad) in sizes.items():
+                layers[f"conv{n}{part}"] = nn.Conv2d(c_in, c_out, size, padding=pad)
+                if batch_norm:
+                    layers[f"norm{n}{part}"] = nn.BatchNorm2d(c_out)
+                layers[f"act{n}{part}"] = act()
+                c_in = c_out
+            return {**layers, f"pool{n}": pool(kernel_size=2, stride=2)}
 
-        def convs(c_in: int, c_out: int, padding: int) -> list[nn.Module]:
-            """One 5x5 convolution, or two 3x3 ones that see the same 5x5 window."""
-            if conv_size == 5:
-                return conv(c_in, c_out, 5, padding)
-            return conv(c_in, c_out, 3, padding // 2) + conv(c_out, c_out, 3, padding // 2)
+        def linear(n: int, n_in: int, n_out: int) -> dict[str, nn.Module]:
+            drop = {f"drop{n}": nn.Dropout(dropout)} if dropout > 0 else {}
+            return {**drop, f"fc{n}": nn.Linear(n_in, n_out)}
 
-        def linear(n_in: int, n_out: int) -> list[nn.Module]:
-            return [nn.Dropout(dropout)] * (dropout > 0) + [nn.Linear(n_in, n_out)]
-
-        self.features = nn.Sequential(
-            *convs(1, conv1_channels, padding=2),  # 6 x 28 x 28 (the lesson's 6 maps)
-            pool(kernel_size=2, stride=2),  # 6 x 14 x 14
-            *convs(conv1_channels, conv2_channels, padding=0),  # 16 x 10 x 10
-            pool(kernel_size=2, stride=2),  # 16 x 5 x 5
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),  # 400
-            *linear(conv2_channels * 5 * 5, fc1_units),  # 120
-            act(),
-            *linear(fc1_units, 84),
-            act(),
-            *linear(84, 10),
-        )
+        features = stage(1, 1, conv1_channels, 2) | stage(2, conv1_channels, conv2_channels, 0)
+        self.features = nn.Sequential(OrderedDict(features))  # 6x28x28 6x14x14 16x10x10 16x5x5
+        classifier = {
+            "flatten": nn.Flatten(),  # 400
+            **linear(1, conv2_channels * 5 * 5, fc1_units),  # 120
+            "act1": act(),
+            **linear(2, fc1_units, 84),
+            "act2": act(),
+            **linear(3, 84, 10),
+        }
+        self.classifier = nn.Sequential(OrderedDict(classifier))
+        self.register_load_state_dict_pre_hook(numbered_to_named)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -87,7 +79,23 @@ class LeNet5(nn.Module):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LeNet5:
         """The network that a model config (or a checkpoint's hyperparameters) describes."""
-        return cls(**{k: v for k, v in settings.items() if k in NETWORK})
+        names = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+def numbered_to_named(module: LeNet5, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Weights saved when the layers were numbered (``classifier.1.weight``) load into the named
+    layers (``classifier.fc1.weight``): the layers that hold weights, in order, are the same."""
+    for part in ("features", "classifier"):
+        head = f"{prefix}{part}."
+        numbered = {k[len(head) :].split(".")[0] for k in state_dict if k.startswith(head)}
+        numbered = sorted(int(n) for n in numbered if n.isdigit())
+        layers = getattr(module, part).named_children()
+        holders = [name for name, layer in layers if layer.state_dict()]  # weights or buffers
+        for number, name in zip(numbered, holders, strict=False):
+            old = f"{head}{number}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{head}{name}." + key[len(old) :]] = state_dict.pop(key)
 
 
 def count_parameters(model: nn.Module) -> int:

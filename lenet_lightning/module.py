@@ -1,16 +1,16 @@
 """LitLeNet5: the LightningModule around LeNet5 - cross-entropy, Adam, accuracy per stage.
 
-Logged metrics, as epoch means: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
-``val/acc_best``, ``test/loss``, ``test/acc``: torchmetrics objects, synced over DDP ranks.
-The module also keeps, for the run's report, every epoch's metrics (``history``, saved in each
-checkpoint), and after testing the confusion matrix and the first mistakes (over all ranks).
-Hyperparameters are plain values, so checkpoints load with ``weights_only=True``.
+Logged metrics, as epoch means (torchmetrics objects, synced over DDP ranks): ``train/loss``,
+``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc``. For the
+report it keeps each epoch's metrics (``history``, saved in checkpoints), the test's confusion
+matrix and first mistakes. Hyperparameters are plain values: checkpoints load ``weights_only``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -51,21 +51,15 @@ class Mistakes(Metric):
         self.preds.append(preds[wrong])
 
     def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        images, labels, preds = (
-            dim_zero_cat(getattr(self, n)) for n in ("images", "labels", "preds")
-        )
+        images, labels, preds = (dim_zero_cat(s) for s in (self.images, self.labels, self.preds))
         return images[: self.limit], labels[: self.limit], preds[: self.limit]
 
 
 class LitLeNet5(L.LightningModule):
-    """LeNet5 trained with cross-entropy on its logits. The keyword arguments are
-    ``ModelConfig``'s: those that describe the network go to ``LeNet5``.
-
-    Steps only update the metrics; each is logged once, in the stage's epoch-end hook, and
-    Lightning computes, syncs and resets it there. Logging from every training step, the
-    common pattern, added 14% to an epoch on a 2-core CPU (``make bench``: "step-log cost"):
-    each ``self.log`` call moves Lightning's bookkeeping to the device.
-    """
+    """LeNet5 trained with cross-entropy on its logits; the keyword arguments are ``ModelConfig``'s
+    (those that describe the network go to ``LeNet5``). Steps only update the metrics; each is
+    logged once, in the stage's epoch-end hook, where Lightning computes, syncs and resets it
+    (docs/performance.md: "step-log cost")."""
 
     def __init__(
         self,
@@ -92,7 +86,6 @@ class LitLeNet5(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(10, validate_args=False)
         self.test_mistakes = Mistakes()
         self.example_input_array = torch.zeros(1, 1, 28, 28)  # the summary's shapes and FLOPs
-        # For the run's report:
         self.history: list[dict[str, float]] = []  # each epoch's train/ and val/ metrics
         self.confusion: Tensor | None = None  # after testing: true digit down, predicted across
         self.mistakes: tuple[Tensor, Tensor, Tensor] | None = None  # images, labels, preds
@@ -120,10 +113,9 @@ class LitLeNet5(L.LightningModule):
         """Log the epoch's training metrics, and record the epoch in ``history``; refuse a
         diverged epoch here, before any checkpoint callback could save it."""
         self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc})
+        metrics = sorted(self.trainer.callback_metrics.items())
         row = {"epoch": self.current_epoch + 1}
-        for key, value in sorted(self.trainer.callback_metrics.items()):
-            if key.startswith(("train/", "val/")):
-                row[key] = float(value)
+        row |= {k: float(v) for k, v in metrics if k.startswith(("train/", "val/"))}
         if not math.isfinite(row["train/loss"]):
             raise Diverged(
                 f"the training loss became {row['train/loss']} in epoch {row['epoch']}: "
@@ -140,16 +132,7 @@ class LitLeNet5(L.LightningModule):
         checkpoint["history"] = self.history
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The history carries on; weights saved with another dropout (whose layers shift the
-        others' names but hold no weight) are renamed to this network's layers."""
         self.history = list(checkpoint.get("history", []))
-        then = LeNet5.from_settings(checkpoint.get("hyper_parameters", {})).state_dict()
-        now = self.model.state_dict()
-        shapes = lambda state: [tuple(v.shape) for v in state.values()]  # noqa: E731
-        if then.keys() != now.keys() and shapes(then) == shapes(now):
-            state = checkpoint["state_dict"]
-            pairs = zip(then, now, strict=True)
-            state.update({f"model.{new}": state.pop(f"model.{old}") for old, new in pairs})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.model_step(batch, self.val_loss, self.val_acc)
@@ -163,16 +146,15 @@ class LitLeNet5(L.LightningModule):
 
     def stretch_schedule(self) -> None:
         """A run resumed with more (or fewer) epochs than its checkpoint's run planned: the
-        schedule restored from the checkpoint is stretched over this run's steps, carrying on
-        from the step reached; said in one line. (Restored as it was, a cosine schedule would
-        climb back up after its end, and a one-cycle one would stop the run.)"""
+        restored schedule is stretched over this run's steps, from the step reached. (As it was,
+        a cosine schedule would climb back up after its end, and a one-cycle one stop the run.)"""
         if not self.trainer.lr_scheduler_configs:
             return
         config = self.trainer.lr_scheduler_configs[0]
         old = config.scheduler
-        if not hasattr(old, "T_max") and not hasattr(old, "total_steps"):
+        planned = getattr(old, "T_max", getattr(old, "total_steps", None))
+        if planned is None:
             return  # not ours: the learning-rate finder's
-        planned = old.T_max if hasattr(old, "T_max") else old.total_steps
         total, step = int(self.trainer.estimated_stepping_batches), self.trainer.global_step
         if planned == total or step >= total:
             return
@@ -215,15 +197,17 @@ class LitLeNet5(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def schedule(self, optimizer: Any, total: int, last_step: int = 0) -> Any:
-        """The learning-rate schedule over ``total`` steps, at step ``last_step``."""
+        """The learning-rate schedule over ``total`` steps, brought to step ``last_step`` along
+        the very path a run of that length takes."""
+        for group in optimizer.param_groups:  # a resumed optimiser holds its last rate
+            group["lr"] = group.get("initial_lr", group["lr"])
         lr_scheduler = torch.optim.lr_scheduler
         if self.hparams.scheduler == "onecycle":
-            return lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self.hparams.lr, total_steps=total, last_epoch=last_step - 1
-            )
-        made = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, last_epoch=last_step - 1)
-        if last_step:  # its step() alone would follow the old curve from where it was
-            for group, lr in zip(optimizer.param_groups, made._get_closed_form_lr(), strict=True):
-                group["lr"] = lr
-            made._last_lr = [group["lr"] for group in optimizer.param_groups]
+            made = lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total)
+        else:
+            made = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        with warnings.catch_warnings():  # torch's note that the optimiser has not stepped yet
+            warnings.simplefilter("ignore")
+            for _ in range(last_step):
+                made.step()
         return made

@@ -1,7 +1,6 @@
 """How the project writes a file that a later step reads: beside its final name, then renamed
 into place, so a crash or a full disk leaves the previous good file or none, never a cut one.
-JSON is strict (a NaN or an infinity becomes null, which every reader accepts); tables are
-Markdown. Standard library only.
+JSON is strict (NaN and infinity become null); tables are Markdown. Standard library only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""lenet-predict: read handwritten digits from your own images with a trained checkpoint.
+"""lenet-predict: read handwritten digits from your own images with a trained checkpoint, or
+with the ``.onnx`` file ``lenet-export`` made of one.
 
 Each image is prepared as ``lenet_lightning/images.py`` describes (as MNIST digits were made),
-then the network's top probabilities are printed. Plain torch: no Lightning, so it starts fast.
+then the network's top probabilities are printed. A checkpoint runs on plain torch (no
+Lightning); an ``.onnx`` file on onnxruntime, without torch, in a quarter of the time.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import numpy as np
 
-from lenet_lightning.checkpoints import BEST_CHECKPOINTS, find_checkpoint, trained_network
 from lenet_lightning.cli import entry_point
-from lenet_lightning.images import ImageError, probabilities, read_image, to_mnist
+from lenet_lightning.config import PredictConfig
+from lenet_lightning.images import ImageError, read_image, to_mnist
+from lenet_lightning.networks import open_network
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -40,29 +43,29 @@ class Prediction:
     top: list[tuple[int, float]]  # (digit, probability), most likely first
 
 
-def predict(cfg: DictConfig) -> tuple[list[Prediction], list[str]]:
+def predict(cfg: PredictConfig) -> tuple[list[Prediction], list[str]]:
     """Predict every image; return the predictions and one error line per unreadable file."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    path = find_checkpoint(c["ckpt_path"], c["paths"]["log_dir"], BEST_CHECKPOINTS)
-    network, normalize = trained_network(path)
-    predictions, errors = [], []
-    files = image_files(c["images"])
+    _, network = open_network(cfg.ckpt_path, cfg.paths.log_dir)
+    files, read, errors = image_files(list(cfg.images)), [], []
     if not files:
         kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        errors.append(f"no images found in {', '.join(c['images'])} (looked for {kinds})")
+        errors.append(f"no images found in {', '.join(cfg.images)} (looked for {kinds})")
     for file in files:
         try:
-            digit = to_mnist(read_image(file))
+            read.append((file, to_mnist(read_image(file))))
         except ImageError as err:
             errors.append(str(err) if str(file) in str(err) else f"{file}: {err}")
-            continue
-        values, digits = probabilities(network, digit, normalize).topk(c["top_k"])
-        top = list(zip(digits.tolist(), values.tolist(), strict=True))
-        predictions.append(Prediction(file, top[0][0], top))
+    if not read:
+        return [], errors
+    paths, digits = zip(*read, strict=True)
+    predictions = []
+    for path, probs in zip(paths, network.probabilities(np.stack(digits)), strict=True):
+        top = [(int(d), float(probs[d])) for d in np.argsort(-probs, kind="stable")[: cfg.top_k]]
+        predictions.append(Prediction(path, top[0][0], top))
     return predictions, errors
 
 
-def predict_and_print(cfg: DictConfig) -> None:
+def predict_and_print(cfg: PredictConfig) -> None:
     """Print one line per image; errors go to stderr, one line each, and exit code 1 if there
     were any or stdout cannot be written. A reader that leaves early (``| head -1``) ends the
     command quietly with exit code 141, as SIGPIPE ends Unix tools."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_lightning.errors import ConfigError
+from lenet_lightning.run_folder import SweepFolder
 
 # States of a job that is still in the queue, running, or about to run again (requeued).
 QUEUED = {
@@ -62,8 +63,7 @@ def partitions() -> dict[str, Partition]:
         gpus = sum(int(n) for n in counts if n.isdigit())  # gpu:4, gpu:a100:4(S:0-1)
         part = Partition(name.rstrip("*"), name.endswith("*"), int(nodes), int(cpus),
                          int(mem.rstrip("+")), gpus)  # fmt: skip
-        old = found.get(part.name)
-        if old:  # one line per kind of node: keep the largest of each
+        if old := found.get(part.name):  # one line per kind of node: keep the largest of each
             part.nodes += old.nodes
             part.cpus, part.mem_mb = max(part.cpus, old.cpus), max(part.mem_mb, old.mem_mb)
             part.gpus, part.default = max(part.gpus, old.gpus), part.default or old.default
@@ -86,21 +86,15 @@ def check_request(launcher: dict[str, Any]) -> None:
             f"signal that comes hydra.launcher.signal_delay_s={warning} s ahead of it: give a "
             "longer timeout_min, or a shorter signal_delay_s"
         )
-    found = partitions()
-    name = launcher.get("partition")
-    if name is None:
-        part = next((p for p in found.values() if p.default), None)
-        if part is None:
-            raise ConfigError(
-                "this cluster has no default partition: give hydra.launcher.partition="
-            )
-    elif name not in found:
+    found, name = partitions(), launcher.get("partition")
+    if name is not None and name not in found:
         raise ConfigError(
             f"hydra.launcher.partition={name!r} is not a partition of this cluster; "
             f"it has: {', '.join(found)}"
         )
-    else:
-        part = found[name]
+    part = found[name] if name is not None else next((p for p in found.values() if p.default), None)
+    if part is None:
+        raise ConfigError("this cluster has no default partition: give hydra.launcher.partition=")
     tasks = launcher.get("tasks_per_node") or 1
     asked = {
         "nodes": (launcher.get("nodes") or 1, part.nodes, "nodes"),
@@ -124,20 +118,15 @@ def queue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     mains = sorted({job.split("_")[0] for job in job_ids})
     if not mains:
         return {}
+    squeue = ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(mains), "-o", "%i|%T|%r"]
     try:
-        done = subprocess.run(
-            ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(mains), "-o", "%i|%T|%r"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+        done = subprocess.run(squeue, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode:  # every job forgotten, or no answer
         return {} if "Invalid job id" in done.stderr else None
-    states = {}
-    for line in done.stdout.splitlines():
-        job, state, reason = [*line.split("|"), "", ""][:3]
-        states[job.strip()] = (state.strip(), reason.strip())
-    return states
+    rows = ([*line.split("|"), "", ""][:3] for line in done.stdout.splitlines())
+    return {job.strip(): (state.strip(), reason.strip()) for job, state, reason in rows}
 
 
 def queued_from(folder: Path) -> list[str]:
@@ -145,9 +134,7 @@ def queued_from(folder: Path) -> list[str]:
     ``folder`` (their scripts lie in its ``.submitit``); none where SLURM is not installed."""
     if shutil.which("squeue") is None:
         return []
-    scripts = f"{folder / '.submitit'}{os.sep}"
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i|%o"], capture_output=True, text=True, timeout=30,
-        check=False,
-    ).stdout  # fmt: skip
+    scripts = f"{SweepFolder(folder).submitit}{os.sep}"
+    squeue = ["squeue", "-h", "-r", "-o", "%i|%o"]
+    out = subprocess.run(squeue, capture_output=True, text=True, timeout=30, check=False).stdout
     return [line.split("|")[0] for line in out.splitlines() if f"|{scripts}" in line]

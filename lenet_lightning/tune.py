@@ -1,9 +1,7 @@
 """The learning-rate finder (``lenet-train tune=lr_find``): Lightning's ``Tuner.lr_find`` on the
-configured model and data, instead of training.
-
-It trains for ``STEPS`` batches while the learning rate grows exponentially from ``MIN_LR`` to
-``MAX_LR``, records the loss at each, suggests the rate where the loss falls fastest, and
-restores the model as it was. Writes ``lr_find.png`` and ``lr_find.json`` into the run folder.
+model and data the settings describe, instead of training. Over ``STEPS`` batches the rate grows
+exponentially from ``MIN_LR`` to ``MAX_LR``; the suggestion is where the loss falls fastest, and
+the model is restored. Writes ``lr_find.png`` and ``lr_find.json`` into the run folder.
 """
 
 from __future__ import annotations
@@ -17,8 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 
+from lenet_lightning.config import TrainConfig
 from lenet_lightning.errors import ConfigError
 from lenet_lightning.outputs import write_json
+from lenet_lightning.trainer import build, training_batches
 
 MIN_LR, MAX_LR, STEPS = 1e-6, 1.0, 100
 FEWEST_STEPS = 20  # fewer cannot show where the loss falls fastest
@@ -31,12 +31,12 @@ def train_command(lr: float) -> str:
     return shlex.join(["lenet-train", *kept, f"model.lr={lr:.3g}"])
 
 
-def steps_available(trainer: L.Trainer, batches_per_epoch: int) -> int:
+def steps_available(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
     """How many of its ``STEPS`` the finder can run: it stops at ``trainer.max_epochs``."""
-    limit = trainer.limit_train_batches
-    per_epoch = (
-        min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
-    )
+    datamodule.trainer = trainer  # its tensors on the trainer's device
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    per_epoch = training_batches(trainer, datamodule)
     steps = min(STEPS, per_epoch * trainer.max_epochs)
     if steps < FEWEST_STEPS:
         raise ConfigError(
@@ -52,6 +52,12 @@ def steps_available(trainer: L.Trainer, batches_per_epoch: int) -> int:
     return steps
 
 
+def find_learning_rate(cfg: TrainConfig) -> float:
+    """``tune=lr_find``: the finder on the model and data that ``cfg`` describes."""
+    trainer, module, datamodule = build(cfg, logger=False, enable_checkpointing=False)
+    return find_lr(trainer, module, datamodule, Path(cfg.paths.output_dir))
+
+
 def find_lr(
     trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, out: Path
 ) -> float:
@@ -62,7 +68,7 @@ def find_lr(
         )
     if trainer.world_size > 1:
         raise ConfigError("tune=lr_find runs on one device: use trainer=default or trainer=cpu")
-    steps = steps_available(trainer, datamodule.batches_per_epoch())
+    steps = steps_available(trainer, datamodule)
     start = time.perf_counter()
     finder = Tuner(trainer).lr_find(
         module, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR, num_training=steps,
@@ -78,15 +84,9 @@ def find_lr(
     figure.axes[0].set_title(f"suggested learning rate: {suggestion:.3g}")
     figure.savefig(out / "lr_find.png", dpi=100)
     command = train_command(suggestion)
-    result = {
-        "suggestion": suggestion,
-        "command": command,
-        "seconds": round(seconds, 2),
-        "steps": len(finder.results["lr"]),
-        "lr": finder.results["lr"],
-        "loss": finder.results["loss"],
-    }
-    write_json(out / "lr_find.json", result)
+    lrs, losses = finder.results["lr"], finder.results["loss"]
+    result = {"suggestion": suggestion, "command": command, "seconds": round(seconds, 2)}
+    write_json(out / "lr_find.json", {**result, "steps": len(lrs), "lr": lrs, "loss": losses})
     print(f"Suggested learning rate: {suggestion:.3g} (lr_find.png and lr_find.json in {out})")
     print(f"Train with it: {command}")
     return suggestion

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import io
+import logging
 import os
 import shutil
 import signal
@@ -13,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 from lenet_lightning import mnist_files
@@ -21,6 +27,15 @@ N_TRAIN, N_TEST = 400, 200
 SLURM_LOCAL = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local"
 # scripts/slurm-local's exit status for: not root, no apt-get, a slurm.conf it did not write
 CANNOT_RUN_HERE = 3
+
+
+@pytest.fixture(autouse=True)
+def hydra_left_as_found():
+    """What a test ran of Hydra in this process (a launcher, a command) leaves no global state
+    for the next one: the run's config, the initialised config search path."""
+    yield
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +71,8 @@ def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
-    """A quick CPU run on the synthetic files."""
+    """A quick CPU run on the synthetic files, without TensorBoard's pictures unless asked
+    (``logger=tensorboard``)."""
     return [
         f"data.data_dir={data_dir}",
         f"paths.output_dir={out_dir}",
@@ -66,6 +82,7 @@ def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
         "trainer=cpu",
         "trainer.enable_progress_bar=false",
         "trainer.max_epochs=2",
+        "logger=none",
         *extra,
     ]
 
@@ -87,8 +104,7 @@ def cli_command(
     environment; ``env`` sets variables for it (None: unset)."""
     changes = {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
     environment = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
-    module = {"eval": "evaluate", "shapes": "arithmetic"}.get(app, app)
-    return [sys.executable, "-m", f"lenet_lightning.{module}", *args], environment
+    return [sys.executable, "-m", f"lenet_lightning.{app}", *args], environment
 
 
 def run_cli(
@@ -103,6 +119,41 @@ def run_cli(
     return subprocess.run(
         command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+def call_cli(
+    *args: str, cwd: Path, app: str = "train", env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
+    """``lenet-<app> ARGS`` in this process, as ``run_cli`` runs it in a fresh one: the same
+    ``main``, with its exit code and what it printed; what Hydra set up for it (the global
+    instance, the logging, the working folder, the environment) is put back afterwards."""
+    main = importlib.import_module(f"lenet_lightning.{app}").main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, here, environ = sys.argv, Path.cwd(), dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(cwd)
+        sys.argv = [f"lenet-{app}", *args]
+        os.environ.update({k: v for k, v in (env or {}).items() if v is not None})
+        for unset in [k for k, v in (env or {}).items() if v is None]:
+            os.environ.pop(unset, None)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def start_cli(*args: str, cwd: Path, app: str = "train") -> subprocess.Popen:

@@ -33,11 +33,24 @@ def test_no_augmentation_is_the_identity() -> None:
     torch.testing.assert_close(random_affine(images, 0.0, 0.0, 0.0), images, atol=1e-5, rtol=0)
 
 
-def test_a_shift_moves_the_digit() -> None:
+def test_a_shift_moves_the_digit_by_at_most_its_share_of_the_size() -> None:
     images = torch.zeros(64, 1, 28, 28)
     images[:, :, 10:18, 10:18] = 1.0
+    torch.manual_seed(0)
     out = random_affine(images, 0.0, 0.2, 0.0)
-    assert not torch.allclose(out, images)
+
+    def centre(x: torch.Tensor) -> torch.Tensor:  # (N, 2): the centre of mass, row and column
+        grid = torch.arange(28.0)
+        mass = x.sum((1, 2, 3))
+        return (
+            torch.stack([(x.sum((1, 3)) * grid).sum(1), (x.sum((1, 2)) * grid).sum(1)], 1)
+            / (mass[:, None])
+        )
+
+    moved = centre(out) - centre(images)
+    assert moved.abs().max() <= 0.2 * 28 + 0.5  # within the allowed share, each axis
+    assert (moved.abs().sum(1) > 1).float().mean() > 0.8  # most digits moved a pixel or more
+    torch.testing.assert_close(out.sum((1, 2, 3)), images.sum((1, 2, 3)), atol=1.0, rtol=0)
 
 
 def datamodule_in(stage: str) -> MNISTDataModule:
@@ -49,8 +62,13 @@ def datamodule_in(stage: str) -> MNISTDataModule:
 
 def test_training_batches_are_augmented_with_labels_intact() -> None:
     images, labels = torch.rand(32, 1, 28, 28), torch.arange(32) % 10
+    torch.manual_seed(0)
     out, out_labels = datamodule_in("train").on_after_batch_transfer((images, labels), 0)
-    assert out_labels is labels and not torch.allclose(out, images)
+    torch.manual_seed(0)
+    expected = random_affine(images, 10.0, 0.1, 0.1)  # the settings of datamodule_in
+    assert out_labels is labels
+    torch.testing.assert_close(out, expected)
+    assert all(not torch.allclose(a, b) for a, b in zip(out, images, strict=True))
 
 
 def test_validation_and_test_batches_are_left_alone() -> None:

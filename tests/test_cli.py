@@ -1,4 +1,5 @@
-"""The command lines as a user runs them: subprocesses, with Hydra overrides."""
+"""The command lines as a user runs them, with Hydra overrides: in this process (``call_cli``),
+and in fresh ones where the process itself is what is tested."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import light_checkpoint, run_cli
+from tests.conftest import call_cli, light_checkpoint, run_cli
 
 QUICK = [
     "trainer.max_epochs=1",
@@ -58,7 +59,7 @@ if not torch.cuda.is_available():  # Lightning refuses it (test_train.py has mor
 def test_a_refusal_is_one_line_exit_2_and_leaves_nothing(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    done = run_cli(*override.split(), cwd=tmp_path)
+    done = call_cli(*override.split(), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith(f"lenet-train: error: {message}")
@@ -66,7 +67,7 @@ def test_a_refusal_is_one_line_exit_2_and_leaves_nothing(
 
 
 def test_a_sweep_with_one_bad_value_is_refused_before_its_first_job(tmp_path: Path) -> None:
-    done = run_cli("-m", "model.lr=1e-3,-1,1e-2", "trainer.max_epochs=1", cwd=tmp_path)
+    done = call_cli("-m", "model.lr=1e-3,-1,1e-2", "trainer.max_epochs=1", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "lenet-train: error: model.lr=-1.0 is not allowed: expected a finite number > 0 "
@@ -87,7 +88,7 @@ def test_a_sweep_with_one_bad_value_is_refused_before_its_first_job(tmp_path: Pa
 def test_a_run_refused_by_what_is_on_disk_leaves_nothing(tmp_path: Path, override, message) -> None:
     (tmp_path / "a-file").write_text("")
     (tmp_path / "empty").mkdir()
-    done = run_cli(*override.format(tmp=tmp_path).split(), cwd=tmp_path)
+    done = call_cli(*override.format(tmp=tmp_path).split(), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"lenet-train: error: {message.format(tmp=tmp_path)}")
     assert done.stderr.count("\n") == 1
@@ -96,7 +97,7 @@ def test_a_run_refused_by_what_is_on_disk_leaves_nothing(tmp_path: Path, overrid
 
 def test_a_refused_run_removes_only_the_folders_it_made(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()  # the user's own (empty) output folder
-    done = run_cli("paths.log_dir=mine", "ckpt_path=latest", cwd=tmp_path)
+    done = call_cli("paths.log_dir=mine", "ckpt_path=latest", cwd=tmp_path)
     assert done.returncode == 2 and "ckpt_path=latest: no last.ckpt below" in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not any(
         (tmp_path / "mine").iterdir()
@@ -104,7 +105,7 @@ def test_a_refused_run_removes_only_the_folders_it_made(tmp_path: Path) -> None:
 
 
 def test_a_sweep_over_a_glob_of_experiments_is_checked_job_by_job(tmp_path: Path) -> None:
-    done = run_cli("-m", "experiment=glob(lenet5_*)", "data.val_size=-1", cwd=tmp_path)
+    done = call_cli("-m", "experiment=glob(lenet5_*)", "data.val_size=-1", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == (
         "lenet-train: error: data.val_size=-1 is not allowed: expected an integer from 0 to "
         "59999 (in the job experiment=lenet5_modern data.val_size=-1)"
@@ -113,13 +114,13 @@ def test_a_sweep_over_a_glob_of_experiments_is_checked_job_by_job(tmp_path: Path
 
 def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
-    done = run_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)
+    done = call_cli(f"paths.log_dir={tmp_path / 'a-file' / 'outputs'}", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().endswith("cannot be written: Not a directory")
 
 
 def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
-    done = run_cli("--help", cwd=tmp_path)
+    done = call_cli("--help", cwd=tmp_path)
     assert done.returncode == 0
     groups = ("trainer: cpu, ddp, ddp_cpu, default, gpu",)
     groups += ("experiment: best, fast, lenet5_modern, lenet5_relu_max, lesson",)
@@ -130,7 +131,7 @@ def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
 
 
 def test_the_resolved_config_prints(tmp_path: Path) -> None:
-    done = run_cli(
+    done = call_cli(
         "--cfg", "job", "--resolve", "model.lr=0.01", cwd=tmp_path, env={"LENET_DATA_DIR": None}
     )
     assert done.returncode == 0, done.stderr
@@ -139,48 +140,47 @@ def test_the_resolved_config_prints(tmp_path: Path) -> None:
     assert cfg["model"]["lr"] == 0.01 and cfg["paths"]["output_dir"] is None
     assert cfg["data"]["data_dir"] == "~/.cache/lenet-lightning"  # the default, unexpanded
     mnist = tmp_path / "mnist"
-    done = run_cli("--cfg", "job", "--resolve", cwd=tmp_path, env={"LENET_DATA_DIR": str(mnist)})
+    done = call_cli("--cfg", "job", "--resolve", cwd=tmp_path, env={"LENET_DATA_DIR": str(mnist)})
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["data"]["data_dir"] == str(mnist)
 
 
 NO_LIGHTNING = """
-import runpy, sys
-module, sys.argv = sys.argv[1], sys.argv[1:]
-try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
-print("imported lightning" if "lightning" in sys.modules else "no lightning", file=sys.stderr)
+import json, runpy, sys
+from hydra.core.global_hydra import GlobalHydra
+for module, *sys.argv[1:] in json.loads(sys.argv[1]):
+    GlobalHydra.instance().clear()
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+    print(module, "imported lightning" if "lightning" in sys.modules else "no lightning")
 """
 
 
-@pytest.mark.parametrize(
-    "module,args",
-    [
-        ("lenet_lightning.train", ["--help"]),
-        ("lenet_lightning.train", ["model.lr=-1"]),
-        ("lenet_lightning.predict", ["ckpt_path=CKPT", "images=[DIGIT]"]),
-        ("lenet_lightning.sweeps", ["."]),
-        ("lenet_lightning.arithmetic", ["model.conv_size=3"]),
-    ],
-)
-def test_commands_that_do_not_train_do_not_import_lightning(tmp_path: Path, module, args) -> None:
+def test_commands_that_do_not_train_do_not_import_lightning(tmp_path: Path) -> None:
+    """In one fresh process, one command after another: help, a refusal, a prediction, a
+    sweep's report and the layer table."""
     from PIL import Image
 
     Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     ckpt = light_checkpoint(tmp_path / "model.ckpt")
-    args = [
-        a.replace("CKPT", str(ckpt)).replace("DIGIT", str(tmp_path / "digit.png")) for a in args
+    commands = [
+        ["lenet_lightning.train", "--help"],
+        ["lenet_lightning.train", "model.lr=-1"],
+        ["lenet_lightning.predict", f"ckpt_path={ckpt}", f"images=[{tmp_path / 'digit.png'}]"],
+        ["lenet_lightning.report", "."],
+        ["lenet_lightning.shapes", "model.conv_size=3"],
     ]
     done = subprocess.run(
-        [sys.executable, "-c", NO_LIGHTNING, module, *args],
+        [sys.executable, "-c", NO_LIGHTNING, json.dumps(commands)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.stderr.strip().splitlines()[-1] == "no lightning", done.stderr[-2000:]
+    said = [line for line in done.stdout.splitlines() if line.endswith("lightning")]
+    assert said == [f"{c[0]} no lightning" for c in commands], done.stdout + done.stderr[-2000:]
 
 
 def test_configs_ship_inside_the_wheel_which_builds_without_warnings(tmp_path: Path) -> None:

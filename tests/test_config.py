@@ -1,9 +1,21 @@
 """The settings: defaults, presets, and bad values refused in one line (composed in-process,
 through the same composition and check as the command lines)."""
 
+from dataclasses import fields
+
 import pytest
 
-from lenet_lightning.config import compose_config
+from lenet_lightning.config import (
+    MACHINE,
+    MODEL,
+    OPTIMISER,
+    TRAINING,
+    WEIGHTS,
+    DataConfig,
+    ModelConfig,
+    compose_config,
+    roles,
+)
 from lenet_lightning.errors import one_line
 
 BAD_INPUTS = [  # override, what the one line must say
@@ -172,3 +184,15 @@ def test_batch_limits_keep_ints_and_fractions() -> None:
     )  # 1 batch, not 100%
     assert t.limit_val_batches == 0.5
     assert compose_config(["trainer.limit_val_batches=0"]).trainer.limit_val_batches == 0
+
+
+def test_every_setting_of_the_model_and_the_data_declares_what_it_changes() -> None:
+    """The lists that resuming, ckpt_path=latest and the report use come from these roles."""
+    found = roles()
+    learned = [f"{group}.{f.name}" for group, schema in (("model", ModelConfig),
+               ("data", DataConfig)) for f in fields(schema)]  # fmt: skip
+    assert set(learned) <= set(found) and found["seed"] == TRAINING
+    assert set(found.values()) == {WEIGHTS, MODEL, OPTIMISER, TRAINING, MACHINE}
+    assert [k for k, role in found.items() if role == OPTIMISER] == [
+        "model.lr", "model.weight_decay", "model.optimizer", "model.momentum", "model.scheduler"
+    ]  # fmt: skip

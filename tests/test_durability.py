@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from lenet_lightning.cli import claim_folder
 from lenet_lightning.config import compose_config
+from lenet_lightning.run_folder import new_folder as claim_folder
 from lenet_lightning.train import train
-from tests.conftest import start_cli, tiny_overrides
+from tests.conftest import call_cli, start_cli, tiny_overrides
 
 
 @pytest.fixture
@@ -129,11 +128,11 @@ def test_every_test_image_counts_once_for_any_number_of_processes(tmp_path: Path
         folder = f"hydra.run.dir=eval-{processes[-1]}"
         done = start_cli(ckpt, "trainer.accelerator=cpu", processes, "trainer.strategy=ddp",
                          folder, "trainer.enable_progress_bar=false", cwd=tmp_path,
-                         app="evaluate")  # fmt: skip
+                         app="eval")  # fmt: skip
         _, err = done.communicate(timeout=600)
         assert done.returncode == 0, err[-2000:]
         report = json.loads((tmp_path / f"eval-{processes[-1]}" / "metrics.json").read_text())
-        accuracies.append(report["test/acc"])
+        accuracies.append(report["final"]["test/acc"])
     assert accuracies[0] == accuracies[1]
     assert round(accuracies[0] * 10_000, 3) == round(accuracies[0] * 10_000)  # a count of 10,000
 
@@ -274,10 +273,7 @@ def test_lenet_report_reports_every_job_it_can_and_names_the_others(tmp_path: Pa
     sweep_job(tmp_path, "3", ["model.lr=0.1"], [1, 2])
     sweep_job(tmp_path, "4", ["model.lr=1"], good)
     (tmp_path / "4" / ".hydra" / "overrides.yaml").write_text("[unclosed\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.sweeps", str(tmp_path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    done = call_cli(str(tmp_path), cwd=tmp_path, app="report")
     assert done.returncode == 1, done.stderr
     summary = (tmp_path / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| **best**")]

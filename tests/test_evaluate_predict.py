@@ -30,7 +30,7 @@ def test_eval_of_the_best_checkpoint_reproduces_the_runs_test_accuracy(trained_r
     report = json.loads((trained_run / "metrics.json").read_text())
     cwd = trained_run.parents[3]
     done = app(
-        "evaluate",
+        "eval",
         f"ckpt_path={report['best_checkpoint']}",
         "trainer.enable_progress_bar=false",
         cwd=cwd,
@@ -38,8 +38,8 @@ def test_eval_of_the_best_checkpoint_reproduces_the_runs_test_accuracy(trained_r
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (cwd / "outputs" / "eval" / "runs").iterdir()
     evaluated = json.loads((run / "metrics.json").read_text())
-    assert evaluated["test/acc"] == report["final"]["test/acc"]
-    done = app("evaluate", "ckpt_path=latest", "trainer.enable_progress_bar=false", cwd=cwd)
+    assert evaluated["final"]["test/acc"] == report["final"]["test/acc"]
+    done = app("eval", "ckpt_path=latest", "trainer.enable_progress_bar=false", cwd=cwd)
     assert done.returncode == 0 and "best-epoch" in done.stdout + done.stderr
 
 
@@ -125,7 +125,7 @@ def test_a_checkpoint_that_runs_code_is_refused_and_the_code_does_not_run(tmp_pa
     torch.save({"state_dict": {}, "hyper_parameters": Evil()}, evil)
     with pytest.raises(ConfigError, match="refused"):
         read_checkpoint(evil)
-    done = app("evaluate", f"ckpt_path={evil}", cwd=tmp_path)
+    done = app("eval", f"ckpt_path={evil}", cwd=tmp_path)
     assert (
         done.returncode == 2
         and "refused" in done.stderr

@@ -17,7 +17,7 @@ from lenet_lightning.config import compose_config
 from lenet_lightning.demo import PIXEL, Reader
 from lenet_lightning.images import ImageError, read_image, to_mnist
 from lenet_lightning.predict import predict
-from tests.conftest import light_checkpoint
+from tests.conftest import call_cli, light_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 280
@@ -231,8 +231,9 @@ def test_lenet_predict_reads_the_good_pictures_and_names_each_bad_one(tmp_path: 
     good = [tmp_path / name for name in ["seven.png", "float.tif", "lab.tif", "white.png"]]
     bad = [damaged_tiff(tmp_path / "cut.tif", "truncated")]
     bad.append(damaged_tiff(tmp_path / "odd.tif", "offsets as fractions"))
-    command = lenet_predict(tmp_path, bad[0], *good, bad[1])
-    done = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=120)
+    ckpt = light_checkpoint(tmp_path / "model.ckpt")
+    images = f"images=[{','.join(map(str, [bad[0], *good, bad[1]]))}]"
+    done = call_cli(f"ckpt_path={ckpt}", images, cwd=tmp_path, app="predict")
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [str(path) for path in good]

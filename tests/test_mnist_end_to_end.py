@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_four_files_are_there_and_verified() -> None:
     cfg = compose_config([])
-    dm = MNISTDataModule(**cfg.data, seed=0)
+    dm = MNISTDataModule(**vars(cfg.data), seed=0)
     dm.prepare_data()
     raw = raw_folder(dm.data_dir)
     assert {name: md5_of(raw / name) for name in MD5} == MD5

@@ -1,12 +1,14 @@
 import inspect
 import itertools
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 import torch
 
-from lenet_lightning.config import ModelConfig
-from lenet_lightning.model import NETWORK, LeNet5, count_parameters
+from lenet_lightning.checkpoints import trained_network
+from lenet_lightning.config import MODEL, WEIGHTS, ModelConfig
+from lenet_lightning.model import LeNet5, count_parameters
 
 
 def lenet5(**changes: object) -> LeNet5:
@@ -35,9 +37,10 @@ def test_model_config_and_lenet5_have_the_same_defaults_and_network_names_its_ar
     parameters = list(inspect.signature(LeNet5.__init__).parameters.values())[1:]  # after self
     assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in parameters)
     signature = {p.name: p.default for p in parameters}
-    assert sorted(NETWORK) == sorted(signature) and len(NETWORK) == len(signature)
+    network = [f.name for f in fields(ModelConfig) if f.metadata["role"] in (WEIGHTS, MODEL)]
+    assert sorted(network) == sorted(signature)  # the settings that describe the network
     defaults = ModelConfig()
-    assert {name: getattr(defaults, name) for name in NETWORK} == signature
+    assert {name: getattr(defaults, name) for name in network} == signature
     assert all(type(getattr(defaults, n)) is type(v) for n, v in signature.items())  # 0.0, not 0
     assert count_parameters(LeNet5()) == 61_706  # LeNet5() alone is the lesson's network too
 
@@ -95,7 +98,7 @@ def test_dropout_comes_before_each_fully_connected_layer_and_only_while_training
     assert not torch.equal(model.train()(x), model(x))  # a new mask each time
     model.eval()  # evaluation: dropout passes everything, the network of the same weights
     plain = lenet5()
-    plain.load_state_dict(dict(zip(plain.state_dict(), model.state_dict().values(), strict=True)))
+    plain.load_state_dict(model.state_dict())  # the same weights, by the same names
     torch.testing.assert_close(model(x), plain.eval()(x))
 
 
@@ -109,7 +112,7 @@ def test_wider_convolution_stages_feed_a_wider_first_fully_connected_layer() -> 
         (24, 24),
     ]
     assert model.features(torch.randn(2, 1, 28, 28)).shape == (2, 24, 5, 5)
-    assert model.classifier[1].in_features == 24 * 5 * 5
+    assert model.classifier.fc1.in_features == 24 * 5 * 5
     assert count_parameters(model) == 94_462
 
 
@@ -120,3 +123,29 @@ def test_a_narrower_first_fully_connected_layer_makes_room_for_more_feature_maps
     ]
     assert linear == [(32 * 5 * 5, 90), (90, 84), (84, 10)]
     assert count_parameters(model) == 97_144
+
+
+def test_weight_names_do_not_depend_on_options_without_weights() -> None:
+    names = list(lenet5().state_dict())
+    assert names[:2] == ["features.conv1.weight", "features.conv1.bias"]
+    assert names[-2:] == ["classifier.fc3.weight", "classifier.fc3.bias"]
+    for change in ({"dropout": 0.3}, {"activation": "relu", "pooling": "max"}):
+        assert list(lenet5(**change).state_dict()) == names
+
+
+@pytest.mark.parametrize("saved", ["numbered-layers.ckpt", "numbered-layers-dropout.ckpt"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_checkpoint_of_numbered_layers_loads_into_the_named_ones(saved: str, dropout) -> None:
+    """Checkpoints written before the layers had names (by 5800e4f's LitLeNet5: 3x3
+    convolutions, batch norm; dropout 0 or 0.3) load, whatever dropout the network now has."""
+    path = Path(__file__).parent / "data" / saved
+    saved_weights = torch.load(path, weights_only=True)["state_dict"]
+    network, _ = trained_network(path)
+    torch.testing.assert_close(
+        network.features.conv1a.weight, saved_weights["model.features.0.weight"]
+    )
+    settings = {**torch.load(path, weights_only=True)["hyper_parameters"], "dropout": dropout}
+    now = LeNet5.from_settings(settings)
+    now.load_state_dict({k.removeprefix("model."): v for k, v in saved_weights.items()})
+    x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(now.eval()(x), network(x))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHORT_RUN, run_cli
+from tests.conftest import SHORT_RUN, call_cli, run_cli
 
 QUICK = SHORT_RUN
 
@@ -63,7 +63,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(
     "sweep", [["trainer=ddp_cpu", "model.lr=1e-3,1e-2"], ["trainer=cpu,ddp_cpu"]]
 )
 def test_a_sweep_of_ddp_runs_is_refused_with_a_clear_line(tmp_path: Path, sweep) -> None:
-    done = run_cli("-m", *sweep, cwd=tmp_path)
+    done = call_cli("-m", *sweep, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("lenet-train: error: trainer.strategy='ddp' cannot run")
     assert not list(tmp_path.iterdir())  # refused before any job started

@@ -12,9 +12,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.config import compose_config
-from lenet_lightning.sweeps import sweep_jobs, write_sweep_summary
+from lenet_lightning.report import sweep_jobs, write_sweep_summary
 from lenet_lightning.train import train
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import call_cli, run_cli, tiny_overrides
 
 QUICK = [
     "trainer.max_epochs=2",
@@ -65,7 +65,7 @@ def test_lenet_report_rebuilds_an_interrupted_sweep(sweep: Path, tmp_path: Path)
     (copy / "summary.md").unlink()
     (copy / "1" / "metrics.json").unlink()  # job 1 "did not finish"
     done = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.sweeps", str(copy)], capture_output=True, text=True
+        [sys.executable, "-m", "lenet_lightning.report", str(copy)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     summary = (copy / "summary.md").read_text()
@@ -131,11 +131,7 @@ def test_failed_and_never_run_jobs_are_listed(tmp_path: Path) -> None:
 
 
 def test_lenet_report_on_a_folder_without_runs(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.sweeps", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
+    done = call_cli(str(tmp_path), cwd=tmp_path, app="report")
     assert done.returncode == 2 and done.stderr.startswith("lenet-report: error: no runs")
 
 
@@ -143,7 +139,7 @@ def test_tensorboard_gets_hparams_samples_confusion_matrix_mistakes_and_lr(
     tiny_mnist, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    overrides = ["model.scheduler=onecycle", "trainer.log_every_n_steps=1"]
+    overrides = ["model.scheduler=onecycle", "trainer.log_every_n_steps=1", "logger=tensorboard"]
     train(compose_config(tiny_overrides(tiny_mnist, out, *overrides)))
     tags = {"images": set(), "scalars": set()}
     hparams_seen = False

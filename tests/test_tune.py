@@ -1,18 +1,14 @@
 """The learning-rate finder, lenet-train tune=lr_find, on tiny synthetic data."""
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lenet_lightning.config import ConfigError, ModelConfig, compose_config
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.module import LitLeNet5
+from lenet_lightning.config import ConfigError, compose_config
 from lenet_lightning.train import lenet_train
-from lenet_lightning.trainer import trainer_from
+from lenet_lightning.trainer import build
 from lenet_lightning.tune import STEPS, find_lr, train_command
 from tests.conftest import tiny_overrides
 
@@ -39,11 +35,8 @@ def test_the_finder_suggests_a_rate_for_every_experiment_and_trains_nothing_else
 
 def test_the_model_is_restored_afterwards(tiny_mnist, tmp_path: Path) -> None:
     cfg = compose_config(tiny_overrides(tiny_mnist, tmp_path, "data.batch_size=2"))
-    c = OmegaConf.to_container(cfg, resolve=True)
-    module = LitLeNet5(**asdict(ModelConfig()))
+    trainer, module, datamodule = build(cfg, logger=False)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    datamodule = MNISTDataModule(**c["data"], seed=0)
-    trainer = trainer_from(c["trainer"], logger=False, default_root_dir=tmp_path)
     find_lr(trainer, module, datamodule, tmp_path)
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1,5 +1,4 @@
-"""Convolution arithmetic: output sizes, the padding for a wanted size, parameter counts, the
-number of "conv + pool" blocks an input allows, and the layer-by-layer table (``lenet-shapes``).
+"""lenet-shapes: the layer-by-layer table of a network, and the convolution arithmetic behind it.
 
 Sizes may be one int (the same on every axis) or a tuple with one value per axis, as in
 ``torch.nn.Conv2d``. A convolution's input is laid out as ``(N, C, H, W)``.
@@ -7,6 +6,7 @@ Sizes may be one int (the same on every axis) or a tuple with one value per axis
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,21 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-CONV_INPUT_LAYOUT = "(N, C, H, W)"  # batch, channels, height, width
-
 Size = int | Sequence[int]
 
 
 def _per_axis(*values: Size) -> list[tuple[int, ...]]:
     """Broadcast ints and tuples to tuples of one common length."""
     n = max((len(v) for v in values if not isinstance(v, int)), default=1)
-    out = []
-    for v in values:
-        t = (v,) * n if isinstance(v, int) else tuple(v)
-        if len(t) != n:
-            raise ValueError(f"{v!r} does not have {n} axes")
-        out.append(t)
-    return out
+    if uneven := [v for v in values if not isinstance(v, int) and len(v) != n]:
+        raise ValueError(f"{uneven[0]!r} does not have {n} axes")
+    return [(v,) * n if isinstance(v, int) else tuple(v) for v in values]
 
 
 def _unwrap(result: tuple[int, ...], *inputs: Size) -> int | tuple[int, ...]:
@@ -66,9 +60,7 @@ def padding_for(
 def conv_parameters(in_channels: int, out_channels: int, kernel: Size, bias: bool = True) -> int:
     """Weights and biases of a Conv2d: out * (in * kh * kw + 1)."""
     (k,) = _per_axis(kernel)
-    area = 1
-    for side in k if len(k) > 1 else k * 2:
-        area *= side
+    area = math.prod(k if len(k) > 1 else k * 2)
     return out_channels * (in_channels * area + int(bias))
 
 
@@ -98,20 +90,14 @@ class LayerRow:
 def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 28, 28)) -> list[LayerRow]:
     """Run one batch through ``model`` and list each layer's output shape and parameters."""
     rows: list[LayerRow] = []
-    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    leaves = {m: name for name, m in model.named_modules() if not list(m.children())}
 
-    def hook(name: str):
-        def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            params = sum(p.numel() for p in module.parameters())
-            rows.append(
-                LayerRow(
-                    name, type(module).__name__, tuple(output.shape), output[0].numel(), params
-                )
-            )
+    def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        params = sum(p.numel() for p in module.parameters())
+        shape, kind = tuple(output.shape), type(module).__name__
+        rows.append(LayerRow(leaves[module], kind, shape, output[0].numel(), params))
 
-        return record
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
+    handles = [m.register_forward_hook(record) for m in leaves]
     was_training = model.training
     try:
         model.eval()
@@ -142,7 +128,7 @@ def main() -> None:
 
     with errors_as_one_line("lenet-shapes"):
         cfg = compose_config(sys.argv[1:])
-    print(format_table(layer_table(LeNet5.from_settings(cfg.model))))
+    print(format_table(layer_table(LeNet5.from_settings(vars(cfg.model)))))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,10 @@
 """The lesson's quiz, answered by the arithmetic helpers and checked against real layers."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from lenet_lightning.arithmetic import (
-    CONV_INPUT_LAYOUT,
+from lenet_lightning.model import count_parameters
+from lenet_lightning.shapes import (
     conv_output_size,
     conv_parameters,
     format_table,
@@ -16,7 +13,7 @@ from lenet_lightning.arithmetic import (
     padding_for,
     pooling_blocks,
 )
-from lenet_lightning.model import count_parameters
+from tests.conftest import call_cli
 from tests.test_model import lenet5
 
 
@@ -39,10 +36,9 @@ def test_q3_five_conv_and_pool_blocks_fit_32x32() -> None:
 
 
 def test_q4_a_conv_layer_takes_n_c_h_w() -> None:
-    sizes = {"N": 4, "C": 3, "H": 8, "W": 16}
-    shape = [sizes[axis] for axis in CONV_INPUT_LAYOUT.strip("()").split(", ")]
-    out = torch.nn.Conv2d(in_channels=3, out_channels=10, kernel_size=3)(torch.zeros(*shape))
-    assert out.shape == (4, 10, 6, 14)  # batch kept, 10 channels, 8x16 shrunk by the 3x3 kernel
+    rows = layer_table(lenet5(), input_shape=(4, 1, 28, 28))  # N, C, H, W
+    assert (rows[0].name, rows[0].shape) == ("features.conv1", (4, 6, 28, 28))
+    assert rows[-1].shape == (4, 10)  # the batch kept through every layer
 
 
 QUESTION_5 = [  # kernel, wanted (H, W) from 8x16, the padding the lesson gives
@@ -119,13 +115,10 @@ def test_layer_table_totals_the_parameters() -> None:
     assert f"{count_parameters(model):,}" in format_table(rows).splitlines()[-1]
 
 
-def test_lenet_shapes_cli() -> None:
-    run = [sys.executable, "-m", "lenet_lightning.arithmetic"]
-    done = subprocess.run(
-        [*run, "model.conv_size=3", "model.batch_norm=true"], capture_output=True, text=True
-    )
+def test_lenet_shapes_cli(tmp_path) -> None:
+    done = call_cli("model.conv_size=3", "model.batch_norm=true", cwd=tmp_path, app="shapes")
     assert done.returncode == 0 and "BatchNorm2d" in done.stdout and "(1, 16, 5, 5)" in done.stdout
-    done = subprocess.run([*run, "model.pooling=median"], capture_output=True, text=True)
+    done = call_cli("model.pooling=median", cwd=tmp_path, app="shapes")
     assert done.returncode == 2 and done.stderr.startswith(
         "lenet-shapes: error: model.pooling='median' is not allowed"
     )
