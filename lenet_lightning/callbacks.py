@@ -34,6 +34,7 @@ from lenet_lightning.model import count_parameters
 from lenet_lightning.module import MONITOR, Diverged
 from lenet_lightning.outputs import write_atomic
 from lenet_lightning.run_folder import BEST_NAME, LAST_NAME, RunFolder, RunRecord
+from lenet_lightning.search import pruning_callback
 from lenet_lightning.trainer import training_batches
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ class TensorBoardExtras(L.Callback):
 def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callback]:
     """The run's callbacks: the check against the data, the best and the last checkpoint (every
     epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
-    the weights' moving average, early stopping and the learning-rate log where they apply."""
+    the weights' moving average, early stopping, the learning-rate log and an Optuna trial's
+    pruning where they apply."""
     validating = cfg.trainer.limit_val_batches != 0  # without validation: the last epoch
     best = ResumableCheckpoint(
         run.checkpoints,
@@ -263,4 +265,6 @@ def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callb
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     if logger and cfg.model.scheduler != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.search.trial is not None and (pruning := pruning_callback(cfg.search, MONITOR)):
+        callbacks.append(pruning)  # an Optuna search's trial: each epoch's val/acc to its pruner
     return callbacks

@@ -24,11 +24,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from hydra_plugins.lenet_lightning import register_launchers
+from hydra_plugins.lenet_lightning import register_plugins
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, register, validate
 from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line
 from lenet_lightning.report import pairs, read_job, sweep_jobs, write_sweep_summary
 from lenet_lightning.run_folder import RunFolder, SweepFolder, new_folder
+from lenet_lightning.search import check_jobs, check_study, searching
 from lenet_lightning.slurm import check_request, queued_from, restart_count
 
 MIN_FREE_BYTES = 50 * 2**20  # room for a run's checkpoints and logs
@@ -75,6 +76,10 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
             return task(OmegaConf.to_object(cfg))
         except Exception as err:
             reason = one_line(err)
+            optuna = sys.modules.get("optuna.exceptions")  # loaded where a trial can be pruned
+            if optuna and isinstance(err, optuna.TrialPruned):  # the search marks the trial
+                print(f"{prog}: job {hydra_cfg.job.num} pruned: {reason}", file=sys.stderr)
+                raise
             print(f"{prog}: error: job {hydra_cfg.job.num} failed: {reason}", file=sys.stderr)
             failed.write_text(reason + "\n")
             return math.nan  # a search plugin (Optuna) records a failed trial and goes on
@@ -83,7 +88,7 @@ def entry_point(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Non
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
         claims.clear()  # nothing claimed yet by this command
         register(app)
-        register_launchers()
+        register_plugins()
         with errors_as_one_line(prog):
             try:
                 job()
@@ -202,12 +207,17 @@ class CheckConfig(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         loader = GlobalHydra.instance().config_loader()
         with errors_as_one_line(config.hydra.help.app_name):
-            for overrides in sweep_jobs(list(config.hydra.overrides.task)):
+            task, search = list(config.hydra.overrides.task), searching(config)
+            for overrides in check_jobs(config.hydra.sweeper, task) if search else sweep_jobs(task):
                 job = loader.load_sweep_config(config, overrides)
                 try:
                     self.check(job)
                 except ConfigError as err:
                     raise ConfigError(f"{err} (in the job {' '.join(overrides)})") from err
+            if search:
+                check_study(
+                    config.hydra.sweeper, config.hydra.sweep.dir, task, config.get("resume")
+                )
             if config.hydra.launcher._target_.endswith("SlurmLauncher"):  # before submitting
                 check_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
             folder = self.claim(config, "hydra.sweep.dir", Path(config.hydra.sweep.dir).absolute())
@@ -236,7 +246,8 @@ class CheckConfig(Callback):
                 "with resume=true"
             )
         if taken and "sweep" in key:
-            check_same_sweep(config, folder)
+            if not searching(config):  # a search's study is checked against it (check_study)
+                check_same_sweep(config, folder)
             if running := queued_from(folder):
                 raise ConfigError(
                     f"{key}={str(folder)!r}: SLURM still has jobs of that sweep queued or "

@@ -185,6 +185,15 @@ class PathsConfig(LogDirConfig):
 
 
 @dataclass
+class SearchConfig:
+    """The Optuna trial a job of a search is (``hparams_search=lr_optuna`` sets these)."""
+
+    study: str | None = setting(None, role=MACHINE)  # the study's name
+    storage: str | None = setting(None, role=MACHINE)  # its database URL, or journal file
+    trial: int | None = setting(None, role=MACHINE)  # this job's trial number
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     seed: int = seed_value()  # seeds python, numpy and torch (Lightning's seed_everything)
@@ -200,6 +209,7 @@ class TrainConfig:
     logger: str = choice("tensorboard", "csv", "none")  # csv: metrics.csv; none: neither
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # set by an Optuna search
 
 
 @dataclass

@@ -29,6 +29,7 @@ from lenet_lightning.config import CONFIG_MODULE, register
 from lenet_lightning.errors import ConfigError, errors_as_one_line
 from lenet_lightning.outputs import markdown_table, write_text
 from lenet_lightning.run_folder import RunFolder, RunRecord, SweepFolder
+from lenet_lightning.search import FOLDER, read_study
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -59,6 +60,7 @@ class Job:
     metrics: RunRecord | None = None  # None: no metrics.json
     failed: str | None = None  # why it failed, when it did
     ran: bool = True  # False: the sweep stopped before this job started
+    state: str | None = None  # an Optuna search's trial: complete, pruned, fail, running
 
     @property
     def best_val(self) -> float:
@@ -86,9 +88,9 @@ class Job:
 
 def pairs(overrides: Iterable[str]) -> dict[str, str]:
     """``{key: value}`` of the overrides that define a job (``+`` and ``~`` dropped; not
-    ``resume``, which says how it was run, not what)."""
+    ``resume`` and a search's ``search.*``, which say how it was run, not what)."""
     found = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    return {k: v for k, v in found.items() if k != "resume"}
+    return {k: v for k, v in found.items() if k != "resume" and not k.startswith("search.")}
 
 
 def number(value: Any) -> float:
@@ -125,6 +127,10 @@ def find_jobs(folder: Path) -> list[Job]:
         jobs[job.name] = job
     multirun = SweepFolder(folder).multirun
     try:
+        for trial in study_of(folder).trials if study_of(folder) else []:
+            if Path(path := trial.user_attrs.get(FOLDER, "")).parent == folder.absolute():
+                job = jobs.setdefault(Path(path).name, Job(Path(path).name, {}, ran=False))
+                job.state = trial.state.name.lower()
         hydra = yaml.safe_load(multirun.read_text())["hydra"] if multirun.exists() else {}
         if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
             for n, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
@@ -198,25 +204,59 @@ def write_sweep_summary(folder: Path) -> str:
         text += f"\nOver seeds (sample standard deviation):\n\n{over_seeds(done, keys)}\n"
     for title, group in (
         ("Failed", [j for j in jobs if j.failed]),
+        ("Pruned (Optuna stopped it early)", [j for j in jobs if j.state == "pruned"]),
         ("Missing (no metrics.json, the job did not finish)", [
-            j for j in jobs if j.ran and not j.done and not j.failed]),
+            j for j in jobs if j.ran and not j.done and not j.failed and j.state != "pruned"]),
         ("Missing (never ran: the sweep stopped before them)", [j for j in jobs if not j.ran]),
     ):  # fmt: skip
         if group:
             text += f"\n{title}: {', '.join(j.describe(keys) for j in group)}\n"
     text += "".join(f"- job {j.name}: {j.failed}\n" for j in jobs if j.failed)
+    study = study_of(folder)
+    text += trials_table(study) if study else ""
     write_text(SweepFolder(folder).summary, text)
     if validated := [j for j in done if math.isfinite(j.best_val)]:
-        plot_sweep(validated, keys, SweepFolder(folder).summary_plot)
+        plot_sweep(validated, keys, SweepFolder(folder).summary_plot, study)
     return text
 
 
-def plot_sweep(jobs: list[Job], keys: list[str], path: Path) -> None:
-    """Best validation accuracy against the swept value, and val/acc per epoch of every job."""
+def study_of(folder: Path) -> Any:
+    """The Optuna study of a search's folder, read from its storage; None for other sweeps."""
+    multirun = SweepFolder(folder).multirun
+    return read_study(yaml.safe_load(multirun.read_text()), folder) if multirun.exists() else None
+
+
+def trials_table(study: Any) -> str:
+    """Every trial of an Optuna study: its state, parameters, value and epochs; the best."""
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    rows = [[str(t.number), t.state.name.lower(), *[f"{t.params[k]:.4g}" if k in t.params else ""
+             for k in keys], shown(number(t.value)), str(len(t.intermediate_values))]
+            for t in trials]  # fmt: skip
+    table = markdown_table(["trial", "state", *keys, "value", "epochs reported"], rows)
+    best = study.best_trial if study.best_trials else None
+    said = f"trial {best.number}, value {shown(best.value)}" if best else "none complete yet"
+    title = f"Optuna study {study.study_name} ({study.direction.name.lower()})"
+    return f"\n{title}: best {said}\n\n{table}\n"
+
+
+def plot_sweep(jobs: list[Job], keys: list[str], path: Path, study: Any = None) -> None:
+    """Best validation accuracy against the swept value, and val/acc per epoch of every job;
+    for an Optuna search, every trial's value (its last reported one if pruned) by state."""
     from matplotlib.figure import Figure  # imported only when there is something to draw
 
-    fig = Figure(figsize=(11, 4), layout="tight")
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(16 if study else 11, 4), layout="tight")
+    left, right, *trials = fig.subplots(1, 3 if study else 2)
+    for state in ("COMPLETE", "PRUNED", "FAIL") if study else ():
+        if found := [t for t in study.trials if t.state.name == state]:
+            values = [[t.value, *reversed(t.intermediate_values.values())][0] for t in found]
+            trials[0].scatter([t.number for t in found], values, label=state.lower())
+    if study and study.best_trials:
+        best = study.best_trial
+        trials[0].scatter([best.number], [best.value], marker="*", s=200, label="best")
+    if trials:
+        trials[0].set(title="trials", xlabel="trial")
+        trials[0].legend(fontsize=7)
     label = lambda j: ", ".join(f"{k}={j.overrides.get(k, '')}" for k in keys) or j.name  # noqa: E731
     best = [j.best_val for j in jobs]
     try:

@@ -108,6 +108,7 @@ class SweepFolder:
         self.summary_plot = self.path / "summary.png"
         self.multirun = self.path / "multirun.yaml"  # Hydra's: the sweep's config, command line
         self.submitit = self.path / ".submitit"  # the SLURM launcher's job scripts and logs
+        self.study = self.path / "optuna.db"  # an Optuna search's study (SQLite), by default
 
     def jobs(self) -> list[RunFolder]:
         """Every job that started (Hydra wrote its config), at any depth."""

@@ -1,5 +1,5 @@
 """The sweep launchers (hydra_plugins/lenet_lightning, lenet_lightning/launchers.py), made by
-Hydra from their configs as ``lenet-train -m`` makes them; the optional Optuna search."""
+Hydra from their configs as ``lenet-train -m`` makes them (the Optuna search: test_search.py)."""
 
 import json
 import math
@@ -15,12 +15,10 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
-from hydra.utils import get_class
 
-from hydra_plugins.lenet_lightning import register_launchers
+from hydra_plugins.lenet_lightning import register_plugins
 from lenet_lightning import launchers
 from lenet_lightning.config import CONFIG_MODULE, compose_config, register
-from tests.conftest import call_cli, run_cli
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -39,7 +37,7 @@ def sweep_launcher(sweep: Path, *overrides: str, task: Any = None) -> Launcher:
     """The launcher Hydra makes for ``lenet-train -m hydra.sweep.dir=sweep ...overrides``, with
     the launchers registered as ``cli.main`` registers them."""
     register()
-    register_launchers()
+    register_plugins()
     quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # leave logging alone
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         overrides = (*overrides, f"hydra.sweep.dir={sweep}", *quiet)
@@ -134,43 +132,3 @@ def test_the_slurm_launcher_submits_the_unfinished_jobs_and_lists_a_lost_one_as_
     assert capsys.readouterr().err == f"lenet-train: error: job 2 failed: {reason}\n"
     assert (sweep / "2" / "failed.txt").read_text() == reason + "\n"
     assert {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == kept
-
-
-def test_optuna_search_config_composes() -> None:
-    cfg = compose_with_hydra(["hparams_search=lr_optuna"])
-    assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper"
-    assert cfg.hydra.sweeper.direction == "maximize" and "model.lr" in cfg.hydra.sweeper.params
-
-
-def test_optuna_search_without_validation_is_refused_before_its_first_trial(
-    tmp_path: Path,
-) -> None:
-    done = call_cli("-m", "hparams_search=lr_optuna", "trainer.limit_val_batches=0", cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.strip() == (
-        "lenet-train: error: the sweeper (OptunaSweeper) maximises the best val/acc, but "
-        "trainer.limit_val_batches=0 turns validation off (in the job "
-        "hparams_search=lr_optuna trainer.limit_val_batches=0)"
-    )
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_and_optimises_the_best_val_acc(tmp_path: Path) -> None:
-    quick = [
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=20",
-        "trainer.limit_val_batches=2",
-    ]
-    quick += ["trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "logger=none"]
-    done = run_cli(
-        "-m", "hparams_search=lr_optuna", "hydra.sweeper.n_trials=2", *quick, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    best = (sweep / "optimization_results.yaml").read_text()
-    vals = [
-        json.loads((sweep / job / "metrics.json").read_text())["best"]["val/acc"]
-        for job in ("0", "1")
-    ]
-    assert f"best_value: {max(vals)}" in best
-    assert (sweep / "summary.md").exists()
