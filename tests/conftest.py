@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,22 @@ def light_checkpoint(path: Path) -> Path:
     state = {f"model.{k}": v for k, v in network.state_dict().items()}
     torch.save({"hyper_parameters": settings, "state_dict": state}, path)
     return path
+
+
+@contextlib.contextmanager
+def small_disk_at(mount: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs) mounted at ``mount``, so a full disk is a full disk;
+    unmounted afterwards. Skips where mounting is not allowed."""
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,21 +17,14 @@ import yaml
 from lenet_lightning.config import compose_config
 from lenet_lightning.run_folder import new_folder as claim_folder
 from lenet_lightning.train import train
-from tests.conftest import call_cli, start_cli, tiny_overrides
+from tests.conftest import call_cli, small_disk_at, start_cli, tiny_overrides
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A real 64 MiB filesystem (tmpfs), so a full disk is a full disk."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_disk_at(tmp_path / "disk", "64m") as mount:
+        yield mount
 
 
 class FillTheDisk(L.Callback):

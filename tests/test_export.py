@@ -27,7 +27,14 @@ from lenet_lightning.export import export, metadata, to_onnx
 from lenet_lightning.images import read_image, to_mnist
 from lenet_lightning.networks import FORMAT
 from lenet_lightning.predict import predict
-from tests.conftest import call_cli, cli_command, light_checkpoint, mnist_pngs, run_cli
+from tests.conftest import (
+    call_cli,
+    cli_command,
+    light_checkpoint,
+    mnist_pngs,
+    run_cli,
+    small_disk_at,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED = re.compile(
@@ -254,15 +261,8 @@ def test_an_export_that_does_not_match_its_checkpoint_is_not_written(
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A real 64 KiB filesystem (tmpfs): too small for the .onnx file."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_disk_at(tmp_path / "disk", "64k") as mount:
+        yield mount
 
 
 def test_a_full_or_read_only_disk_gets_nothing_half_written(
