@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from machine import (
     named_overrides,
     publish,
     quiet_train,
+    result_header,
     trainer_overrides,
 )
 from torch.utils.data import DataLoader
@@ -270,11 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         / rows["B"]["median_epoch_s"],
     }
     results = {
-        "benchmark": "epoch_time",
-        "command": shlex.join(["python", "benchmarks/epoch_time.py", *(argv or sys.argv[1:])]),
-        "quick": args.quick,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": machine,
+        **result_header("epoch_time", argv, machine, quick=args.quick),
         "settings": {
             "rounds": args.rounds,
             "epochs_per_round": args.epochs,

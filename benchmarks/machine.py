@@ -15,6 +15,8 @@ import io
 import logging
 import os
 import platform
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -172,6 +174,14 @@ def quiet_train(
 
 def trainer_overrides(device: torch.device) -> list[str]:
     return ["trainer=gpu" if device.type == "cuda" else "trainer=cpu"]
+
+
+def result_header(name: str, argv: list[str] | None, machine: dict, **more: object) -> dict:
+    """What every result file starts with: the benchmark, the command that ran it, ``more``
+    (whether it was quick, say), when, and on which machine."""
+    command = shlex.join(["python", f"benchmarks/{name}.py", *(argv or sys.argv[1:])])
+    date = time.strftime("%Y-%m-%d %H:%M:%S")
+    return {"benchmark": name, "command": command, **more, "date": date, "machine": machine}
 
 
 def publish(name: str, out_dir: Path, results: dict, render: Callable[[dict], str]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from machine import (
     device_from,
     publish,
     quiet_train,
+    result_header,
     synchronize,
     trainer_overrides,
 )
@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     accuracy_met = statistics.median(fast["test_acc"]) >= MEDIAN and min(fast["test_acc"]) >= LOWEST
     time_met = statistics.median(fast["train_s"]) <= statistics.median(lesson["train_s"])
     results = {
-        "benchmark": "one_epoch",
-        "command": shlex.join(["python", "benchmarks/one_epoch.py", *(argv or sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": machine,
+        **result_header("one_epoch", argv, machine),
         "seeds": args.seeds,
         "runs": found,
         "target": f"experiment=fast: median test/acc >= {MEDIAN:.2%}, none under {LOWEST:.2%}, "

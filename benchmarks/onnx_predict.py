@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from machine import RESULTS, VERDICTS, Span, Stopwatch, describe, publish
+from machine import RESULTS, VERDICTS, Span, Stopwatch, describe, publish, result_header
 from PIL import Image
 
 from lenet_lightning.config import ModelConfig, compose_config
@@ -146,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx/checkpoint": rows["onnx"]["median_s"] / rows["checkpoint"]["median_s"],
     }
     results = {
-        "benchmark": "onnx_predict",
-        "command": shlex.join(["python", "benchmarks/onnx_predict.py", *(argv or sys.argv[1:])]),
-        "quick": args.quick,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": machine,
+        **result_header("onnx_predict", argv, machine, quick=args.quick),
         "settings": {
             "rounds": args.rounds,
             "checkpoint": str(args.ckpt) if args.ckpt else "untrained, default settings",

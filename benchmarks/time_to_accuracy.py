@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from machine import (
     named_overrides,
     publish,
     quiet_train,
+    result_header,
     synchronize,
     trainer_overrides,
 )
@@ -177,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     measure, limit = TARGETS.get(device.type, ("val", None))
     fast = rows.get("fast", {}).get(f"{measure}_median_train_s")
     results = {
-        "benchmark": "time_to_accuracy",
-        "command": shlex.join(
-            ["python", "benchmarks/time_to_accuracy.py", *(argv or sys.argv[1:])]
-        ),
-        "quick": args.quick,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": machine,
+        **result_header("time_to_accuracy", argv, machine, quick=args.quick),
         "settings": {
             "target_acc": args.target,
             "seeds": args.seeds,
