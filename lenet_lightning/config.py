@@ -11,6 +11,7 @@ precision) are checked by Lightning itself, past the few it accepts but cannot r
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -284,8 +285,10 @@ def validate(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
 
 
+@cache
 def roles(schema: type = TrainConfig, prefix: str = "") -> dict[str, str]:
-    """``{dotted key: role}`` of every setting that declares one (``model.lr``: optimiser)."""
+    """``{dotted key: role}`` of every setting that declares one (``model.lr``: optimiser); read
+    once, as the dataclasses never change."""
     found = {}
     for f in fields(schema):
         if is_dataclass(f.type):
