@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_foreign_cpu": args.max_foreign,
             "images": len(images),
         },
-        "export": {"seconds": round(exported.seconds, 2), "printed": done.stdout.strip()},
+        "export": {
+            "seconds": round(exported.seconds, 2),
+            "printed": done.stdout.replace(f"{folder}/", "").strip(),
+        },
         "process": rows,
         "throughput": throughput,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},

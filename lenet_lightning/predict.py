@@ -91,7 +91,7 @@ def predict_and_print(cfg: PredictConfig) -> None:
         sys.exit(1)
 
 
-main = entry_point("predict", predict_and_print)
+main = entry_point("predict", predict_and_print, compose_once=True)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from lenet_lightning.config import compose_config
 from lenet_lightning.images import ImageError, read_image, to_mnist
 from lenet_lightning.predict import predict, predict_and_print
-from tests.conftest import light_checkpoint, mnist_labels, mnist_pngs
+from tests.conftest import call_cli, light_checkpoint, mnist_labels, mnist_pngs
 
 
 def seven(size: int = 280) -> Image.Image:
@@ -123,3 +123,37 @@ def test_mnist_test_digits_and_a_drawn_seven_are_read_as_what_they_show(
         # One epoch of training (about 95% test accuracy) read all ten when this was written.
         assert sum(r == label for r, label in zip(read[:10], labels, strict=True)) >= 9, read
         assert read[-1] == 7, read  # a clear drawing: no allowance
+
+
+def test_plain_overrides_are_composed_once_and_read_as_hydra_main_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lenet-predict k=v ...`` skips ``hydra.main``'s second composition (its run-mode look);
+    a Hydra key or a flag goes through ``hydra.main``. Both print the same, refuse the same."""
+    from hydra._internal.hydra import Hydra
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "blank.png")
+    digit = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(digit).line([(14, 4), (14, 24)], fill=255, width=3)
+    digit.save(tmp_path / "one.png")
+    ckpt = light_checkpoint(tmp_path / "model.ckpt")
+    composed = []
+    compose = Hydra.compose_config
+    monkeypatch.setattr(
+        Hydra, "compose_config", lambda *a, **k: composed.append(1) or compose(*a, **k)
+    )
+
+    def both(*args: str) -> list[tuple[int, str, str, int]]:
+        said = []
+        for extra in ([], ["hydra.job.chdir=false"]):
+            composed.clear()
+            done = call_cli(*args, *extra, cwd=tmp_path, app="predict")
+            said.append((done.returncode, done.stdout, done.stderr, len(composed)))
+        return said
+
+    (plain, through_main) = both(f"ckpt_path={ckpt}", "images=[one.png,blank.png]", "top_k=2")
+    assert plain[3] == 1 and through_main[3] == 2
+    assert plain[:3] == through_main[:3] and plain[0] == 1 and "one.png: " in plain[1]
+    (plain, through_main) = both(f"ckpt_path={ckpt}", "images=[one.png]", "top_k=11")
+    assert plain[:3] == through_main[:3] and plain[0] == 2
+    assert plain[2].count("\n") == 1 and "top_k=11" in plain[2], plain[2]
