@@ -26,11 +26,12 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-bench: setup  # epoch time of the lesson's loop and lenet-train's variants, time to 99%, one epoch, .onnx predict
+bench: setup  # epoch time of the lesson's loop and lenet-train's variants, time to 99%, one epoch, .onnx predict, a sweep's memory
 	$(BIN)/python benchmarks/epoch_time.py --variant "B NCHW=model.channels_last=false"
 	$(BIN)/python benchmarks/time_to_accuracy.py
 	$(BIN)/python benchmarks/one_epoch.py
 	$(BIN)/python benchmarks/onnx_predict.py
+	$(BIN)/python benchmarks/sweep_memory.py
 
 bench-quick: setup  # both in quick mode (a tenth of the data, one seed): under 2 minutes
 	$(BIN)/python benchmarks/epoch_time.py --quick

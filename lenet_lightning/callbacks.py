@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import shlex
+import signal
 import time
 from dataclasses import asdict, replace
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     EarlyStopping,
@@ -27,7 +30,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
-from lenet_lightning.config import MACHINE, TrainConfig, roles
+from lenet_lightning.config import TrainConfig, learned
 from lenet_lightning.errors import ConfigError
 from lenet_lightning.figures import digits_figure, plot_curves
 from lenet_lightning.model import count_parameters
@@ -88,17 +91,52 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.kth_value = state_dict.get("kth_value", self.kth_value)
 
 
+def hydra_value(text: str) -> str:
+    """``text`` as an override's value that Hydra and OmegaConf read back as exactly ``text``:
+    bare where it is a plain path, else quoted (a space, a letter beyond ASCII, a comma, a quote,
+    a bracket, ``${``), with the backslashes and quotes inside escaped."""
+    if "/" in text and re.fullmatch(r"[\w/.+\-@%]+", text, re.ASCII):
+        return text
+    text = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", text)  # OmegaConf: a plain ${
+    quote = "'" if '"' in text else '"'
+
+    def escaped(m: re.Match) -> str:  # Hydra: backslashes before the quote or at the end
+        return m[1] * 2 + "\\" * bool(m[2]) + m[2]
+
+    return quote + re.sub(rf"(\\*)({quote}|\Z)", escaped, text) + quote
+
+
+def command_line(prog: str, settings: list[str] | None, given: dict[str, str]) -> str:
+    """The command ``prog`` with the run's ``settings`` (its overrides, as given) and ``given``
+    (key: Hydra value) in place of its ``ckpt_path`` and ``resume``, as a shell takes it back
+    word for word. Where the settings are unknown (a run not started by Hydra: ``train`` called
+    from Python), ``given`` alone, and a word on the rest."""
+    replaced = {"ckpt_path", "resume", *given}
+    kept = [o for o in settings or [] if o.split("=", 1)[0].lstrip("+~") not in replaced]
+    line = shlex.join([prog, *kept, *(f"{key}={value}" for key, value in given.items())])
+    return line if settings is not None else f"{line} and the same settings"
+
+
+def run_settings() -> list[str] | None:
+    """The overrides this run was started with, as given (None: not started by Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 class ResumeAfterInterrupt(L.Callback):
     """Ctrl-C or SIGTERM loses at most the current epoch: ``last.ckpt`` always holds the last
-    epoch boundary (from the start of training on, a resumed run's too), and the run says how
-    to resume from it; a diverged run says which checkpoint is the last good one."""
+    epoch boundary (from the start of training on, a resumed run's too), and the run prints the
+    command that resumes from it, quoted for a shell and for Hydra. Interrupted once training
+    has finished (before or while testing), nothing is lost: it says so, and how to run the
+    test (``resume=true`` in the run's folder). A diverged run names the last good checkpoint."""
 
-    def __init__(self, last_checkpoint: Path) -> None:
-        self.last_checkpoint = last_checkpoint
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
         self.batches_done = 0  # in the current epoch
+        self.trained = False  # the fit loop reached its end: every epoch is in the checkpoints
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.last_checkpoint, weights_only=False)  # the start, or resume
+        self.trained = False
+        trainer.save_checkpoint(self.run.last_checkpoint, weights_only=False)  # start, or resume
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done = 0
@@ -106,28 +144,69 @@ class ResumeAfterInterrupt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.batches_done += 1
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained = True
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, Diverged):
-            exception.args = (f"{exception}. The last good checkpoint: {self.last_checkpoint}",)
+            last = self.run.last_checkpoint
+            exception.args = (f"{exception}. The last good checkpoint: {last}",)
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if not interrupted or not trainer.is_global_zero:
             return
-        if trainer.testing:  # training had finished: its checkpoints and metrics.json are kept
+        settings = run_settings()
+        every_epoch = 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch  # -1: no end
+        if self.trained or trainer.testing or every_epoch:  # nothing of training is lost
+            folder = {"resume": "true", "hydra.run.dir": hydra_value(str(self.run.path))}
             log.warning(
-                "Interrupted while testing; training had finished and its checkpoints are kept. "
-                "Test the best one with: lenet-eval ckpt_path=%s",
-                trainer.checkpoint_callback.best_model_path,
+                "Interrupted %s testing; training had finished and its checkpoints are kept, "
+                "but the test did not finish. Run it with: %s",
+                "while" if trainer.testing else "before",
+                command_line("lenet-train", settings, folder),
             )
             return
+        last = {"ckpt_path": hydra_value(str(self.run.last_checkpoint))}
         log.warning(
-            "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: "
-            "lenet-train ckpt_path=%s and the same settings",
+            "Interrupted in epoch %d after %d batches; those batches are lost. Resume with: %s",
             trainer.current_epoch + 1,
             self.batches_done,
-            self.last_checkpoint,
+            command_line("lenet-train", settings, last),
         )
+
+
+class EndEpochBeforeTimeLimit(L.Callback):
+    """SLURM's warning before a job's time limit (submitit asks for USR2, ``signal_delay_s``
+    ahead) ends training at the end of the epoch under way, once its ``last.ckpt`` is saved,
+    and only then hands the signal to submitit, which requeues the job: the next attempt
+    carries on from that epoch boundary, exactly. (Handed over at once, as submitit does, the
+    epoch under way would be lost, and an attempt shorter than an epoch would never get on.)
+    Outside training, and outside a submitit job, the signal is left as it is."""
+
+    def __init__(self) -> None:
+        self.handler: Any = None
+        self.warned = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.handler = signal.getsignal(signal.SIGUSR2)  # Lightning puts it back at teardown
+        if callable(self.handler):
+            signal.signal(signal.SIGUSR2, self.warn)
+
+    def warn(self, signum: int, frame: Any) -> None:
+        self.warned = True
+        log.warning(
+            "SLURM's time limit is near (SIGUSR2): training stops at the end of this epoch, "
+            "which is saved; then the job is requeued to carry on from it"
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.warned, all=False):
+            trainer.should_stop = True  # as early stopping does: last.ckpt is this epoch's
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.warned and callable(self.handler):
+            self.handler(signal.SIGUSR2, None)  # submitit's: requeue this job, and exit
 
 
 class WeightAverage(EMAWeightAveraging):
@@ -144,12 +223,24 @@ class WeightAverage(EMAWeightAveraging):
 
 class RunReport(L.Callback):
     """``metrics.json`` in the run folder, rewritten after fitting (epochs, ``curves.png``,
-    checkpoints), after testing (test metrics, confusion matrix), and when training diverges."""
+    checkpoints), after testing (test metrics, confusion matrix), and when training diverges.
+    Its times add up the attempts of a run carried on from a checkpoint (a resume, a SLURM
+    requeue): each checkpoint holds the seconds fitted until it was saved."""
 
     def __init__(self, run: RunFolder, config: dict, best: ModelCheckpoint, last: ModelCheckpoint):
         self.run, self.config, self.best, self.last = run, config, best, last
         self.start = time.perf_counter()
+        self.before = self.carried = 0.0  # seconds fitted by the attempts before this one
         self.record = RunRecord(config=config)
+
+    def seconds(self) -> float:
+        return round(self.before + time.perf_counter() - self.start, 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fit_seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # fitting's, or testing's
+        self.carried = state_dict.get("fit_seconds", 0.0)
 
     def write(self, trainer: L.Trainer, test: dict[str, float], **more: Any) -> None:
         if trainer.is_global_zero:
@@ -157,15 +248,17 @@ class RunReport(L.Callback):
             self.record.summarised(test, MONITOR, **more).write(self.run.metrics)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        device = str(trainer.strategy.root_device)
-        self.record = replace(self.record, parameters=count_parameters(pl_module), device=device)
+        self.start, self.before = time.perf_counter(), self.carried
+        device, parameters = str(trainer.strategy.root_device), count_parameters(pl_module)
+        self.record = replace(self.record, parameters=parameters, device=device)
+        if trainer.is_global_zero:  # after the start checks: a refusal is the only line
+            log.info("LeNet-5 with %d parameters; writing to %s", parameters, self.run.path)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record = replace(
             self.record,
             history=list(pl_module.history),  # testing the best checkpoint restores its own
-            fit_seconds=round(time.perf_counter() - self.start, 2),
+            fit_seconds=self.seconds(),
             best_checkpoint=self.best.best_model_path or None,  # none after fast_dev_run
             last_checkpoint=self.last.best_model_path or None,
         )
@@ -179,7 +272,7 @@ class RunReport(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        wall = round(time.perf_counter() - self.start, 2)
+        wall = self.seconds()
         confusion = pl_module.confusion.tolist()  # true digit down, predicted across
         self.write(trainer, test, wall_seconds=wall, confusion_matrix=confusion)
 
@@ -236,7 +329,7 @@ def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callb
     """The run's callbacks: the check against the data, the best and the last checkpoint (every
     epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
     the weights' moving average, early stopping, the learning-rate log and an Optuna trial's
-    pruning where they apply."""
+    pruning where they apply; last, the end of training before SLURM's time limit."""
     validating = cfg.trainer.limit_val_batches != 0  # without validation: the last epoch
     best = ResumableCheckpoint(
         run.checkpoints,
@@ -249,14 +342,14 @@ def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callb
     last = ResumableCheckpoint(
         run.checkpoints, LAST_NAME, enable_version_counter=False, save_on_train_epoch_end=True
     )  # listed after best: last.ckpt holds best's record too
-    learned = {k: reduce(getattr, k.split("."), cfg) for k, r in roles().items() if r != MACHINE}
+    settings = learned(cfg)
     callbacks = [
         CheckAgainstTheData(),
         best,
         last,
-        ResumeAfterInterrupt(run.last_checkpoint),
+        ResumeAfterInterrupt(run),
         RunReport(run, asdict(cfg), best, last),
-        TensorBoardExtras({k: str(v) if isinstance(v, list) else v for k, v in learned.items()}),
+        TensorBoardExtras({k: str(v) if isinstance(v, list) else v for k, v in settings.items()}),
         ModelSummary(max_depth=3),  # every layer with its input and output shape, and FLOPs
     ]
     if cfg.callbacks.ema_decay is not None:
@@ -267,4 +360,4 @@ def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callb
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.search.trial is not None and (pruning := pruning_callback(cfg.search, MONITOR)):
         callbacks.append(pruning)  # an Optuna search's trial: each epoch's val/acc to its pruner
-    return callbacks
+    return [*callbacks, EndEpochBeforeTimeLimit()]  # last: its on_fit_end may end the process

@@ -7,6 +7,12 @@ overrides, ``CheckConfig`` refuses a bad config before Hydra makes a folder (for
 job's config before the first job starts) and claims the run's folder, then ``task`` runs with
 the settings as their dataclass. Any error becomes one line (``errors.py``). Light on purpose:
 no torch, no Lightning.
+
+A folder belongs to one run at a time. Claiming it takes its lock (``FolderLock``: an OS lock
+held until the run ends, released by the OS even after ``kill -9``): a single run's folder by
+its process, a sweep's folder by the process that runs the sweep, each job's folder by the
+process that runs the job. A second run into a held folder is refused in one line (exit 2),
+whoever starts it. DDP ranks above 0 of one run share rank 0's folder (``worker_rank``).
 """
 
 import math
@@ -27,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, compose_config, register, validate
 from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line
 from lenet_lightning.report import pairs, read_job, sweep_jobs, write_sweep_summary
-from lenet_lightning.run_folder import RunFolder, SweepFolder, new_folder
+from lenet_lightning.run_folder import FolderLock, RunFolder, SweepFolder, new_folder
 from lenet_lightning.search import check_jobs, check_study, searching
 from lenet_lightning.slurm import check_request, queued_from, restart_count
 
@@ -37,13 +43,42 @@ SIGTERM_EXIT = 143  # 128 + 15: what a shell reports for a process ended by SIGT
 
 class Claims:
     """What ``CheckConfig`` claimed in this process, for ``main`` to tidy up after a failure:
-    the run folder it made new, below ``made_below`` (which existed before), or the sweep's."""
+    the run folder it made new, below ``made_below`` (which existed before), or the sweep's;
+    and the locks of the folders this process holds, let go when the run (or job) ends."""
 
     run: RunFolder | None = None
     made_below: Path | None = None
     sweep: SweepFolder | None = None
 
+    def __init__(self) -> None:
+        self.locks: list[FolderLock] = []
+
+    def __reduce__(self) -> tuple:
+        """Pickled (submitit pickles the job function, and with it this object, to run the job
+        or to requeue it), the copy claims nothing: a lock belongs to the process that took it."""
+        return (Claims, ())
+
+    def hold(self, folder: Path, key: str | None = None) -> None:
+        """Take ``folder``'s lock for this process, or refuse: another run is there now. ``key``:
+        the setting that named the folder (none for a sweep's job)."""
+        lock = FolderLock.take(folder)
+        if lock is None:
+            named = f"{key}={str(folder)!r}" if key else f"its folder {str(folder)!r}"
+            fix = "; give another folder, or leave the key out for a new dated one" if key else ""
+            raise ConfigError(
+                f"{named} is in use: another run (process {FolderLock.holder(folder)}) writes "
+                f"there now{fix}"
+            )
+        self.locks.append(lock)
+
+    def release(self, folder: Path | None = None) -> None:
+        """Let go of the folders this process holds (only ``folder``, where given)."""
+        for lock in [lock for lock in self.locks if folder in (None, lock.folder)]:
+            lock.release()
+            self.locks.remove(lock)
+
     def clear(self) -> None:
+        self.release()
         self.run, self.made_below, self.sweep = None, None, None
 
 
@@ -77,7 +112,14 @@ def entry_point(
                 except BaseException:
                     remove_if_unused()
                     raise
-        failed = RunFolder(Path(hydra_cfg.runtime.output_dir)).failed
+        folder = Path(hydra_cfg.runtime.output_dir).absolute()
+        try:
+            if worker_rank() == 0:  # the process that runs the job holds its folder
+                claims.hold(folder)
+        except ConfigError as err:  # another run's: nothing of it is touched
+            print(f"{prog}: error: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
+            return math.nan
+        failed = RunFolder(folder).failed
         failed.unlink(missing_ok=True)  # a failure before: this job runs again
         try:
             return task(OmegaConf.to_object(cfg))
@@ -90,6 +132,8 @@ def entry_point(
             print(f"{prog}: error: job {hydra_cfg.job.num} failed: {reason}", file=sys.stderr)
             failed.write_text(reason + "\n")
             return math.nan  # a search plugin (Optuna) records a failed trial and goes on
+        finally:
+            claims.release(folder)
 
     def main() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises; we print the one line
@@ -116,6 +160,8 @@ def entry_point(
                 if lightning and isinstance(stop, lightning.SIGTERMException):  # stopped cleanly
                     sys.exit(SIGTERM_EXIT)
                 raise
+            finally:
+                claims.release()  # the run's (sweep's) folder, free for the next run
 
     return main
 
@@ -156,8 +202,18 @@ def check_writable(key: str, folder: str) -> None:
 
 
 def worker_rank() -> int:
-    """This process's rank when a launcher (Lightning, torchrun, srun) started several; 0 else."""
-    return max(int(os.environ.get(k, 0) or 0) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+    """This process's rank among the processes a launcher (Lightning, torchrun, srun) started
+    for one run; 0 else. A rank counts only beside a world of several processes (``WORLD_SIZE``,
+    or SLURM's ``SLURM_NTASKS``): a ``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` left in the
+    environment of a process started alone makes it no DDP rank."""
+
+    def number(key: str) -> int:
+        value = os.environ.get(key, "").strip()
+        return int(value) if value.isdigit() else 0
+
+    ranks = [number("RANK"), number("LOCAL_RANK")] if number("WORLD_SIZE") > 1 else []
+    ranks += [number("SLURM_PROCID")] if number("SLURM_NTASKS") > 1 else []
+    return max(ranks, default=0)
 
 
 def given(config: DictConfig, key: str) -> bool:
@@ -173,16 +229,34 @@ def other_settings(there: dict[str, str], here: dict[str, str], this: str) -> st
 
 
 def check_same_sweep(config: DictConfig, folder: Path) -> None:
-    """Refuse to carry on in ``folder`` a sweep whose jobs are not this sweep's jobs."""
-    jobs = sweep_jobs(list(config.hydra.overrides.task))
+    """Refuse to carry on in ``folder`` a sweep whose jobs are not this sweep's jobs. A job is
+    known by its overrides, whatever ``hydra.sweep.subdir`` named its folder; one that differs
+    is shown against this sweep's job of its number, or the nearest."""
+    jobs = [pairs(job) for job in sweep_jobs(list(config.hydra.overrides.task))]
     for hydra_dir in sorted(folder.glob("*/.hydra")):
-        name = hydra_dir.parent.name
-        there = read_job(RunFolder(hydra_dir.parent), name).overrides
-        here = pairs(jobs[int(name)]) if name.isdigit() and int(name) < len(jobs) else {}
-        if shown := other_settings(there, here, "sweep"):
-            raise ConfigError(
-                f"hydra.sweep.dir={str(folder)!r} holds another sweep's job {name}: {shown}"
-            )
+        run, name = RunFolder(hydra_dir.parent), hydra_dir.parent.name
+        there = read_job(run, name).overrides
+        if there in jobs or not run.overrides.exists():  # this sweep's; or its start, cut short
+            continue
+        numbered = name.isdigit() and int(name) < len(jobs)
+        here = jobs[int(name)] if numbered else min(jobs, key=lambda job: differing(there, job))
+        raise ConfigError(
+            f"hydra.sweep.dir={str(folder)!r} holds another sweep's job {name}: "
+            f"{other_settings(there, here, 'sweep')}"
+        )
+
+
+def differing(there: dict[str, str], here: dict[str, str]) -> int:
+    """How many overrides differ between two jobs."""
+    return sum(there.get(k) != here.get(k) for k in set(there) | set(here))
+
+
+def already_holds(key: str, folder: Path, taken: list[str]) -> ConfigError:
+    """The refusal of a folder that holds another run's results (or jobs)."""
+    return ConfigError(
+        f"{key}={str(folder)!r} already holds another run ({', '.join(taken)}): give a new "
+        "folder, leave the key out for a new dated one, or carry that one on with resume=true"
+    )
 
 
 class CheckConfig(Callback):
@@ -190,29 +264,33 @@ class CheckConfig(Callback):
     made (a sweep: job by job, before its first job starts); then claim the run's own folder.
 
     A run never shares a folder: the dated default is made new (``_2``, ``_3``... where another
-    run took it in the same second); a folder given on the command line that holds another
-    run's results is refused. Processes that a launcher started for one run (DDP ranks) share
-    rank 0's folder. Hydra turns a callback's exception into a warning and carries on, so the
-    callback exits by itself (``errors_as_one_line``), as ``main`` would.
+    run took it in the same second); a folder given on the command line that another run holds
+    now (its lock), or that holds another run's results, is refused. Processes that a launcher
+    started for one run (DDP ranks) share rank 0's folder. ``resume=true`` needs a folder that
+    holds the run (sweep) to carry on. Hydra turns a callback's exception into a warning and
+    carries on, so the callback exits by itself (``errors_as_one_line``), as ``main`` would.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with errors_as_one_line(config.hydra.help.app_name):
             self.check(config)
-            if worker_rank() > 0 or "output_dir" not in config.get("paths", {}):
+            if "output_dir" not in config.get("paths", {}):
                 return
             run_dir = Path(config.hydra.run.dir).absolute()
-            if config.get("resume") and (done := read_job(RunFolder(run_dir), run_dir.name)).done:
-                here = pairs(config.hydra.overrides.task)
-                if shown := other_settings(done.overrides, here, "run"):
-                    raise ConfigError(
-                        f"hydra.run.dir={str(run_dir)!r} holds another run, finished: {shown}"
-                    )
-                print(f"{run_dir} holds this run, finished: nothing to carry on", file=sys.stderr)
-                sys.exit(0)
+            if worker_rank() > 0:  # a DDP rank of a run whose rank 0 claimed the folder
+                self.check_peer(config, run_dir)
+                return
             existed = next(p for p in run_dir.parents if p.exists())
             made = not run_dir.exists() or not given(config, "hydra.run.dir")
             claimed = self.claim(config, "hydra.run.dir", run_dir)
+            if config.get("resume") and (done := read_job(RunFolder(claimed), claimed.name)).done:
+                here = pairs(config.hydra.overrides.task)
+                if shown := other_settings(done.overrides, here, "run"):
+                    raise ConfigError(
+                        f"hydra.run.dir={str(claimed)!r} holds another run, finished: {shown}"
+                    )
+                print(f"{claimed} holds this run, finished: nothing to carry on", file=sys.stderr)
+                sys.exit(0)
             if made:  # for main: the folders it may remove if the run saves nothing
                 claims.run, claims.made_below = RunFolder(claimed), existed
             with read_write(config.hydra.run):
@@ -239,35 +317,67 @@ class CheckConfig(Callback):
             with read_write(config.hydra):  # the jobs' configs are composed from these overrides
                 config.hydra.sweep.dir = str(folder)
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
+                if config.get("resume"):  # a job's folder named by its overrides keeps its name
+                    exclude = config.hydra.job.config.override_dirname.exclude_keys
+                    if "resume" not in exclude:
+                        keys = ",".join([*exclude, "resume"])
+                        exclude.append("resume")
+                        config.hydra.overrides.hydra.append(
+                            f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"
+                        )
+
+    @staticmethod
+    def check_peer(config: DictConfig, folder: Path) -> None:
+        """A DDP rank above 0 shares its run's folder: while rank 0 holds it, or (rank 0 not
+        there yet: torchrun and srun start all ranks at once) where it holds no other run."""
+        if FolderLock.held(folder):
+            return
+        taken = RunFolder(folder).results()
+        if taken and not (config.get("resume") or restart_count()):
+            raise already_holds("hydra.run.dir", folder, taken)
 
     @staticmethod
     def claim(config: DictConfig, key: str, folder: Path) -> Path:
-        """The run's (or sweep's) own folder: made new, or the one given if it holds no run,
+        """The run's (or sweep's) own folder, held by this process (its lock) until it ends:
+        made new, or the one given if no other run holds it now and it holds no run's results,
         or holds this very run (sweep) to carry on (``resume=true``, a restarted SLURM job)."""
+        resume, sweep = config.get("resume"), "sweep" in key
         if not given(config, key):
-            if config.get("resume"):
+            if resume:
                 raise ConfigError(
                     f"resume=true carries on the run or sweep in the folder given as {key}=..."
                     ": give it (or resume the newest run of these settings: ckpt_path=latest)"
                 )
-            return new_folder(folder)
-        taken = sorted(p.parent.name for p in folder.glob("*/.hydra")) if "sweep" in key else []
-        taken += RunFolder(folder).results()
-        if taken and not (config.get("resume") or restart_count()):
+            folder = new_folder(folder)
+            claims.hold(folder, key)
+            return folder
+        started = SweepFolder(folder).holds_a_sweep() if sweep else RunFolder(folder).holds_a_run()
+        elsewhere = sweep and searching(config) and config.hydra.sweeper.get("storage")
+        if resume and not started and not elsewhere:  # a study kept elsewhere carries on there
+            what = "sweep" if sweep else "run"
+            why = f"holds no {what}" if folder.is_dir() else "does not exist"
             raise ConfigError(
-                f"{key}={str(folder)!r} already holds another run ({', '.join(taken)}): give "
-                "a new folder, leave the key out for a new dated one, or carry that one on "
-                "with resume=true"
+                f"resume=true: {key}={str(folder)!r} {why}: nothing to carry on there (give the "
+                f"folder of the {what} to carry on, or leave resume out for a new one)"
             )
-        if taken and "sweep" in key:
-            if not searching(config):  # a search's study is checked against it (check_study)
-                check_same_sweep(config, folder)
-            if running := queued_from(folder):
-                raise ConfigError(
-                    f"{key}={str(folder)!r}: SLURM still has jobs of that sweep queued or "
-                    f"running ({', '.join(running)}): wait for them, or scancel them, first"
-                )
         folder.mkdir(parents=True, exist_ok=True)
+        claims.hold(folder, key)  # then checked: no other run can start there meanwhile
+        try:
+            taken = sorted(p.parent.name for p in folder.glob("*/.hydra")) if sweep else []
+            taken += RunFolder(folder).results()
+            if taken and not (resume or restart_count()):
+                raise already_holds(key, folder, taken)
+            if taken and sweep:
+                if not searching(config):  # a search's study is checked against it (check_study)
+                    check_same_sweep(config, folder)
+                if running := queued_from(folder):
+                    raise ConfigError(
+                        f"{key}={str(folder)!r}: SLURM still has jobs of that sweep queued or "
+                        f"running ({', '.join(running)}): wait for them, or scancel them, first"
+                    )
+        except BaseException:
+            claims.release(folder)
+            raise
         return folder
 
     @staticmethod

@@ -9,9 +9,9 @@ precision) are checked by Lightning itself, past the few it accepts but cannot r
 """
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
-from functools import cache
+from collections.abc import Callable, Iterator
+from dataclasses import Field, dataclass, field, fields, is_dataclass
+from functools import cache, reduce
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -45,10 +45,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def choice(*values: Any, role: str = "") -> Any:
+def choice(*values: Any, role: str = "", **more: Any) -> Any:
     """One of ``values``; the first is the default."""
     allowed = f"one of [{', '.join(map(str, values))}]"
-    return setting(values[0], allowed, lambda v: v in values, role, choices=values)
+    return setting(values[0], allowed, lambda v: v in values, role, choices=values, **more)
 
 
 def positive(default: float, role: str = "") -> Any:
@@ -72,12 +72,14 @@ def seed_value() -> Any:
 
 
 def share_of_epoch(off: str = "") -> Any:
-    """Lightning's int-or-float settings: an int counts batches, a float is a share of them;
-    ``off`` says what 0 means, where 0 is allowed."""
+    """Lightning's int-or-float settings: an int counts batches, a float up to 1.0 is a share of
+    them; ``off`` says what 0 means, where 0 is allowed. A float that Lightning reads as an int
+    (0.0 where 0 is allowed, 5.0 for 5 batches) is allowed as that int is."""
     least = 0 if off else 1
 
     def ok(v: Any) -> bool:
-        batches, share = isinstance(v, int) and v >= least, isinstance(v, float) and 0 < v <= 1
+        whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+        batches, share = whole and v >= least, isinstance(v, float) and 0 < v <= 1
         return not isinstance(v, bool) and (v is None or batches or share)
 
     zero = f", or 0 ({off})" if off else ""
@@ -124,9 +126,11 @@ class ModelConfig:
     dropout: float = fraction(0.0, role=MODEL)  # probability, before each fully connected layer
     lr: float = positive(1e-3, OPTIMISER)
     weight_decay: float = at_least(0.0, 0, OPTIMISER)
-    optimizer: str = choice("adam", "adamw", "sgd", role=OPTIMISER)
+    optimizer: str = choice("adam", "adamw", "sgd", role=OPTIMISER, kind_of_state=True)
     momentum: float = fraction(0.0, role=OPTIMISER)  # sgd only: the share of the last step kept
-    scheduler: str = choice("cosine", "none", "onecycle", role=OPTIMISER)  # per step
+    scheduler: str = choice(  # per step
+        "cosine", "none", "onecycle", role=OPTIMISER, kind_of_state=True
+    )
     label_smoothing: float = fraction(0.0, role=TRAINING)
     channels_last: bool = setting(True, role=MACHINE)  # NHWC layout: faster convolutions
 
@@ -172,6 +176,7 @@ class CallbacksConfig:
         None,
         "null (off) or a number from 0 up to (not including) 1",
         lambda v: v is None or 0 <= v < 1,
+        TRAINING,  # a checkpoint's state_dict is the average: another decay means other weights
     )
 
 
@@ -285,17 +290,37 @@ def validate(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {f.metadata['allowed']}")
 
 
-@cache
-def roles(schema: type = TrainConfig, prefix: str = "") -> dict[str, str]:
-    """``{dotted key: role}`` of every setting that declares one (``model.lr``: optimiser); read
-    once, as the dataclasses never change."""
-    found = {}
+def settings_of(schema: type, prefix: str = "") -> Iterator[tuple[str, Field]]:
+    """Every setting of ``schema`` with its dotted key (``model.lr``), groups walked into."""
     for f in fields(schema):
         if is_dataclass(f.type):
-            found |= roles(f.type, f"{prefix}{f.name}.")
-        elif f.metadata.get("role"):
-            found[prefix + f.name] = f.metadata["role"]
-    return found
+            yield from settings_of(f.type, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+@cache
+def roles(schema: type = TrainConfig) -> dict[str, str]:
+    """``{dotted key: role}`` of every setting that declares one (``model.lr``: optimiser); read
+    once, as the dataclasses never change."""
+    return {key: f.metadata["role"] for key, f in settings_of(schema) if f.metadata.get("role")}
+
+
+@cache
+def kinds_of_state() -> tuple[str, ...]:
+    """The settings that choose the kind of the optimiser and of its schedule, whose state a
+    checkpoint holds: a run resumed from it cannot change them (its state would not fit)."""
+    return tuple(key for key, f in settings_of(TrainConfig) if f.metadata.get("kind_of_state"))
+
+
+RECORDED = "settings"  # the checkpoint entry holding ``learned`` of its run (module.py)
+
+
+def learned(cfg: Any) -> dict[str, Any]:
+    """``{dotted key: value}`` of ``cfg``'s settings that change what is learned (every role
+    but ``machine``): what a checkpoint records, and resuming compares."""
+    keys = [k for k, role in roles().items() if role != MACHINE]
+    return {k: reduce(getattr, k.split("."), cfg) for k in keys}
 
 
 def compose_config(

@@ -1,16 +1,22 @@
-"""Errors as one line: what every command prints when something goes wrong, and its exit code.
+"""Errors as one line: what every command prints when something goes wrong, and its exit code;
+and the run's log file (``RunLog``), which never adds lines of its own.
 
 A refusal of the user's input (a setting, a file, a folder) exits with code 2; any other failure
-with 1. Either way the user sees one line, never a traceback (``LENET_DEBUG=1`` shows it), and
-the run's log file gets it too. The package's bottom floor: it imports none of our modules.
+(a full disk, an I/O error, a diverged run) with 1. Either way the user sees one line, never a
+traceback (``LENET_DEBUG=1`` shows a failure's), and the run's log file gets it too. The log
+file is written by rank 0 alone, in whole lines; where it cannot be written (a full disk), it
+stops quietly and the run's one error line says why. The package's bottom floor: it imports
+none of our modules.
 """
 
+import errno
 import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields, is_dataclass
+from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -22,6 +28,47 @@ class Refused(Exception):
 
 class ConfigError(Refused, ValueError):
     """A setting outside what is allowed; its message names the key and the value."""
+
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C: 128 + SIGINT, as a shell says
+
+# The OSErrors that refuse a path the user gave: it is not there, is a file where a folder was
+# meant (or the reverse), may not be read or written. The others (a full disk or quota, an I/O
+# error, a read-only remount, no memory) are the machine failing, not the input.
+REFUSING_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EEXIST,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
+
+
+def refused(err: BaseException) -> bool:
+    """Whether ``err`` refuses the user's input (exit code 2), not a failure (1). An OSError
+    without an errno is a library's account of a file it cannot use (Hydra's missing config
+    file, PIL's unreadable image): the input too."""
+    if isinstance(err, (Refused, HydraException, OmegaConfBaseException)):
+        return True
+    return isinstance(err, OSError) and (err.errno is None or err.errno in REFUSING_ERRNOS)
+
+
+def during_ctrl_c(err: BaseException) -> bool:
+    """Whether ``err`` was raised while a Ctrl-C was on its way up (a library's ``finally`` that
+    fails on it, say): the error then stands for the Ctrl-C."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
 
 
 def one_line(err: BaseException) -> str:
@@ -40,6 +87,63 @@ def one_line(err: BaseException) -> str:
     if rest and rest[0].startswith("Available options"):  # Hydra lists a group's options
         return f"{head}; {rest[0]} {', '.join(rest[1:])}"
     return ": ".join([head, *rest])
+
+
+def process_rank() -> int:
+    """This process's rank among the processes of one run: 0 for a process alone (a rank left in
+    the environment of a process started by itself counts for nothing, as ``cli.worker_rank``
+    reads it); else Lightning's own (its strategies set it), or what the launcher said
+    (torchrun's ``RANK``, SLURM's ``SLURM_PROCID``)."""
+
+    def number(key: str) -> int:
+        value = os.environ.get(key, "").strip()
+        return int(value) if value.isdigit() else 0
+
+    # a rank counts beside a world of several processes, not where one was left in the environment
+    ranks = [number("RANK"), number("LOCAL_RANK")] if number("WORLD_SIZE") > 1 else []
+    ranks += [number("SLURM_PROCID")] if number("SLURM_NTASKS") > 1 else []
+    if not ranks:
+        return 0
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")  # loaded with Lightning
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    return int(rank) if rank is not None else max(ranks)
+
+
+class RunLog(logging.FileHandler):
+    """The run's log file (``train.log``; Hydra's ``job_logging`` names this class): written by
+    rank 0 alone, so each line is there once for any number of processes. A line that cannot be
+    written (a full disk, a quota, an I/O error) stops the file where its last whole line ends,
+    and quietly: no traceback per record; the command's one error line says why it stopped."""
+
+    def __init__(
+        self, filename: str, mode: str = "a", encoding: str | None = "utf-8", **more: Any
+    ) -> None:
+        super().__init__(filename, mode, encoding=encoding, **more)
+        self.stopped = False
+        self.whole = 0  # the file's size before the record being written: its last whole line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.stopped and process_rank() == 0 and bool(super().filter(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream is None:  # opened at its first line (delay=True)
+                self.stream = self._open()
+            self.whole = os.fstat(self.stream.fileno()).st_size  # flushed after each record
+        except OSError:
+            self.handleError(record)
+            return
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)  # a log call's own mistake: Python's report
+            return
+        self.stopped = True
+        with suppress(OSError):  # drops what the file could not take (closing tries it again)
+            self.close()
+        with suppress(OSError):
+            os.truncate(self.baseFilename, self.whole)  # no cut line at the end
 
 
 def to_log_files(message: str, level: int = logging.INFO) -> None:
@@ -62,10 +166,13 @@ def errors_as_one_line(prog: str) -> Iterator[None]:
     """Turn any error into one line on stderr and exit: 2 for a refusal, 1 otherwise."""
     try:
         yield
-    except (Refused, HydraException, OmegaConfBaseException, OSError) as err:
-        fail(f"{prog}: error: {one_line(err)}", 2)
     except Exception as err:
+        if during_ctrl_c(err):  # Hydra's config reader, for one, fails in its finally on Ctrl-C
+            fail(f"{prog}: interrupted", INTERRUPTED)
+        if refused(err):
+            fail(f"{prog}: error: {one_line(err)}", 2)
         if os.environ.get("LENET_DEBUG"):
             raise
-        kind = f"{type(err).__name__}: " if type(err).__module__ == "builtins" else ""
+        builtin = type(err).__module__ == "builtins" and not isinstance(err, OSError)
+        kind = f"{type(err).__name__}: " if builtin else ""  # an OSError says "[Errno 28] ..."
         fail(f"{prog}: error: {kind}{one_line(err)}", 1)

@@ -3,8 +3,10 @@
 ``hydra_plugins/lenet_lightning``). With ``resume=true`` a job whose folder holds its finished
 results is not run again; the others resume from their ``last.ckpt``. SLURM jobs are waited for
 with ``squeue``; a job that ended without a result is listed as failed while the others go on.
+A SLURM job that SLURM starts again after it finished (a requeue as it ended) keeps its results.
 """
 
+import gc
 import logging
 import math
 import subprocess
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lenet_lightning.report import read_job
 from lenet_lightning.run_folder import RunFolder
-from lenet_lightning.slurm import QUEUED, queue_states
+from lenet_lightning.slurm import QUEUED, queue_states, restart_count
 
 log = logging.getLogger(__name__)
 LOST_AFTER_S = 10  # a job SLURM no longer runs, whose result has not appeared in this time
@@ -82,12 +84,29 @@ class Sequential(Launcher):
             returns[num] = run_job(self.task_function, cfg, "hydra.sweep.dir",
                                    "hydra.sweep.subdir", self.hydra_context)  # fmt: skip
             configure_log(hydra.hydra_logging, hydra.verbose)  # the job configured its own
+            gc.collect()  # a finished job's Trainer, model and data hang in reference cycles
         return [returns[num] for num in sorted(returns)]
 
 
 class OnSlurm:
     """Mixed into Hydra's submitit SLURM launcher (the optional extra ``.[slurm]``): it submits
     the jobs to run as one job array, with the launcher's settings, and waits for them."""
+
+    def __call__(
+        self, overrides: list[str], dir_key: str, num: int, job_id: str, state: dict
+    ) -> JobReturn:
+        """The job, in its SLURM job. SLURM may start a job again after it finished (``scontrol
+        requeue`` as it ended, after the sweep reported it): then its results are kept as they
+        are, and nothing in its folder is written again."""
+        if restart_count():
+            Singleton.set_state(state)  # the settings' schemas, to compose the job's config
+            folder = job_folder(self, overrides, num)
+            if (job := read_job(RunFolder(folder), str(num))).done:
+                log.warning("SLURM started job %d again after it finished: its results in %s "
+                            "are kept, and nothing is run", num, folder)  # fmt: skip
+                return JobReturn(list(overrides), status=JobStatus.COMPLETED,
+                                 _return_value=job.best_val, working_dir=str(folder))  # fmt: skip
+        return super().__call__(overrides, dir_key, num, job_id, state)  # type: ignore[misc]
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         todo, returns = unfinished(self, job_overrides, initial_job_idx)

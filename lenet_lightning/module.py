@@ -4,6 +4,9 @@ Logged metrics, as epoch means (torchmetrics objects, synced over DDP ranks): ``
 ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc``. For the
 report it keeps each epoch's metrics (``history``, saved in checkpoints), the test's confusion
 matrix and first mistakes. Hyperparameters are plain values: checkpoints load ``weights_only``.
+Each checkpoint also records the run's settings that change what is learned (``run_settings``),
+for resuming to compare; fitting resumed from a checkpoint of a weights' average carries on from
+the raw weights saved beside it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 
+from lenet_lightning.config import RECORDED
 from lenet_lightning.errors import to_log_files
 from lenet_lightning.model import LeNet5
 
@@ -87,6 +93,7 @@ class LitLeNet5(L.LightningModule):
         self.test_mistakes = Mistakes()
         self.example_input_array = torch.zeros(1, 1, 28, 28)  # the summary's shapes and FLOPs
         self.history: list[dict[str, float]] = []  # each epoch's train/ and val/ metrics
+        self.run_settings: dict[str, Any] = {}  # config.learned of the run (trainer.build's)
         self.confusion: Tensor | None = None  # after testing: true digit down, predicted across
         self.mistakes: tuple[Tensor, Tensor, Tensor] | None = None  # images, labels, preds
 
@@ -130,9 +137,25 @@ class LitLeNet5(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["history"] = self.history
+        if self.run_settings:
+            checkpoint[RECORDED] = dict(self.run_settings)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the history. Where fitting resumes without a weights' average from a
+        checkpoint of one (whose ``state_dict`` is the average), load the raw weights saved
+        beside it, as the average's callback does: training carries on from them."""
         self.history = list(checkpoint.get("history", []))
+        raw = checkpoint.get("current_model_state")
+        if raw is not None and self.fitting_without_an_average():
+            checkpoint["state_dict"] = raw
+
+    def fitting_without_an_average(self) -> bool:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # loaded by itself (load_from_checkpoint), not by a Trainer
+            return False
+        averaging = any(isinstance(c, WeightAveraging) for c in trainer.callbacks)
+        return trainer.state.fn == TrainerFn.FITTING and not averaging
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.model_step(batch, self.val_loss, self.val_acc)

@@ -3,7 +3,10 @@
 run folder; and each job's overrides as Hydra expands them. No Lightning here: it starts fast.
 
 A job folder that cannot be read (a cut-short ``metrics.json``, a broken ``overrides.yaml``) is
-listed with its reason; the others are still summarised, and ``lenet-report`` exits with 1.
+listed with its reason; the others are still summarised, and ``lenet-report`` exits with 1. A
+job is finished when it was tested; one trained but not tested is listed as untested. Jobs are
+matched to the sweep's command line by their overrides, whatever ``hydra.sweep.subdir`` named
+their folders.
 """
 
 from __future__ import annotations
@@ -72,9 +75,13 @@ class Job:
 
     @property
     def done(self) -> bool:
-        """Trained to the end (a run without validation: tested too)."""
-        measured = math.isfinite(self.best_val) or math.isfinite(self.test_acc)
-        return self.metrics is not None and not self.failed and measured
+        """Finished: trained to the end and tested (``resume=true`` leaves it as it is)."""
+        return self.metrics is not None and not self.failed and self.metrics.tested
+
+    @property
+    def untested(self) -> bool:
+        """Started and recorded, neither failed nor tested: stopped before its test."""
+        return self.metrics is not None and not self.failed and not self.metrics.tested
 
     @property
     def rank(self) -> float:
@@ -133,14 +140,32 @@ def find_jobs(folder: Path) -> list[Job]:
                 job.state = trial.state.name.lower()
         hydra = yaml.safe_load(multirun.read_text())["hydra"] if multirun.exists() else {}
         if hydra.get("sweeper", {}).get("_target_", "").endswith("BasicSweeper"):
-            for n, overrides in enumerate(sweep_jobs(hydra["overrides"]["task"])):
-                job = jobs.setdefault(str(n), Job(str(n), {}, ran=False))
-                job.overrides = job.overrides or pairs(overrides)  # stopped before Hydra wrote them
+            expected = [pairs(overrides) for overrides in sweep_jobs(hydra["overrides"]["task"])]
+            for n, job in enumerate(match_jobs(list(jobs.values()), expected)):
+                if job is None:  # never started: named by its number, as the default subdir
+                    job = jobs.setdefault(str(n), Job(str(n), {}, ran=False))
+                job.overrides = job.overrides or expected[n]  # stopped before Hydra wrote them
     except Exception as err:  # the jobs that ran are still summarised
         why = f"cannot read {multirun}: {' '.join(str(err).split()) or type(err).__name__}"
         jobs[multirun.name] = Job(multirun.name, {}, failed=why)
     order = lambda part: (0, int(part), "") if part.isdigit() else (1, 0, part)  # noqa: E731
     return sorted(jobs.values(), key=lambda j: [order(p) for p in Path(j.name).parts])
+
+
+def match_jobs(found: list[Job], expected: list[dict[str, str]]) -> list[Job | None]:
+    """For each job a sweep's command line expands to (its overrides, in order), the job found in
+    the sweep's folder that ran it, whatever ``hydra.sweep.subdir`` named its folder: the one
+    with the same overrides, else one named by the job's number whose overrides Hydra had not
+    yet written; None where none did."""
+    left = list(found)
+    matched: list[Job | None] = []
+    for n, overrides in enumerate(expected):
+        same = [j for j in left if j.overrides == overrides]
+        same = same or [j for j in left if j.name == str(n) and not j.overrides]
+        matched.append(same[0] if same else None)
+        if same:
+            left.remove(same[0])
+    return matched
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -185,7 +210,8 @@ def write_sweep_summary(folder: Path) -> str:
     """Write ``summary.md`` and ``summary.png`` into ``folder``; return the text.
 
     One row per finished job, best first; with ``seed`` swept, the mean and standard deviation
-    over the seeds of each setting; then the jobs that failed, did not finish or never ran.
+    over the seeds of each setting; then the jobs that failed, were not tested, did not finish
+    or never ran.
     """
     jobs = find_jobs(folder)
     if not jobs:
@@ -205,8 +231,11 @@ def write_sweep_summary(folder: Path) -> str:
     for title, group in (
         ("Failed", [j for j in jobs if j.failed]),
         ("Pruned (Optuna stopped it early)", [j for j in jobs if j.state == "pruned"]),
+        ("Untested (trained, stopped before its test; resume=true tests it)", [
+            j for j in jobs if j.untested and j.state != "pruned"]),
         ("Missing (no metrics.json, the job did not finish)", [
-            j for j in jobs if j.ran and not j.done and not j.failed and j.state != "pruned"]),
+            j for j in jobs if j.ran and j.metrics is None and not j.failed
+            and j.state != "pruned"]),
         ("Missing (never ran: the sweep stopped before them)", [j for j in jobs if not j.ran]),
     ):  # fmt: skip
         if group:

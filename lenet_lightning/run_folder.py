@@ -1,10 +1,13 @@
 """A run's folder and a sweep's: where each file lies (the only place that spells their names),
-the record ``metrics.json`` holds, and a folder made new for one run. Standard library only."""
+the record ``metrics.json`` holds, a folder made new for one run, and the lock by which one
+process at a time holds a folder. Standard library only."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,7 +20,8 @@ BEST_CHECKPOINTS = "best-*.ckpt"  # what ckpt_path=latest takes in lenet-eval, -
 LAST_NAME = "last"
 LAST_CHECKPOINT = f"{LAST_NAME}.ckpt"  # every epoch's end, to resume from
 MID_EPOCH_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, saved on SLURM's requeue signal
-START_FILES = {".hydra", "tensorboard", "csv"}  # with *.log: a run that saved nothing yet
+LOCK_FILE = ".lenet.lock"  # held (flock) by the one process that runs in the folder
+START_FILES = {".hydra", "tensorboard", "csv", LOCK_FILE}  # with *.log: a run that saved nothing
 
 
 @dataclass
@@ -39,6 +43,17 @@ class RunRecord:
     stopped: str | None = None  # why training stopped before its end (it diverged)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # each epoch's metrics
+
+    @property
+    def fitted(self) -> bool:
+        """Whether fitting ran to its end (``fit_seconds`` is written then), not stopped."""
+        return self.fit_seconds is not None and not self.stopped
+
+    @property
+    def tested(self) -> bool:
+        """Whether the run was tested: what "finished" means for a run or a sweep's job."""
+        value = self.final.get("test/acc")
+        return isinstance(value, (int, float)) and math.isfinite(value)
 
     def summarised(self, test: dict[str, float], monitor: str, **more: Any) -> RunRecord:
         """This record with ``test``'s metrics, its last epoch and its best: the first with the
@@ -72,7 +87,8 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
         self.last_checkpoint = self.checkpoints / LAST_CHECKPOINT
         self.failed = self.path / "failed.txt"  # a sweep job's: why it failed
-        self.overrides = self.path / ".hydra" / "overrides.yaml"  # Hydra's: the command line's
+        self.hydra = self.path / ".hydra"  # Hydra's: the config, the command line's overrides
+        self.overrides = self.hydra / "overrides.yaml"
 
     @classmethod
     def of_checkpoint(cls, checkpoint: Path) -> RunFolder:
@@ -84,6 +100,10 @@ class RunFolder:
     def results(self) -> list[str]:
         """What in the folder is a run's results: a later run there would overwrite them."""
         return [p.name for p in (self.checkpoints, self.metrics) if p.exists()]
+
+    def holds_a_run(self) -> bool:
+        """Whether a run started here (Hydra wrote its config) or left results."""
+        return self.hydra.is_dir() or bool(self.results())
 
     def remove_if_unused(self, made_below: Path) -> None:
         """Remove the folder if its run saved nothing in it (only Hydra's files and the logs of
@@ -115,6 +135,10 @@ class SweepFolder:
         found = {p.parent.parent for p in self.path.rglob(".hydra/config.yaml")}
         return [RunFolder(p) for p in sorted(found)]
 
+    def holds_a_sweep(self) -> bool:
+        """Whether a sweep started here (Hydra wrote ``multirun.yaml``) or a job of one did."""
+        return self.multirun.exists() or any(self.path.glob("*/.hydra"))
+
 
 def new_folder(folder: Path) -> Path:
     """Make ``folder``, or ``folder_2``, ``folder_3``... if it exists: a folder no other run has,
@@ -127,3 +151,64 @@ def new_folder(folder: Path) -> Path:
         except FileExistsError:
             n += 1
             candidate = folder.with_name(f"{folder.name}_{n}")
+
+
+class FolderLock:
+    """The claim of one process on a folder: an exclusive ``flock`` on its ``LOCK_FILE``, which
+    holds the process id. The OS releases it when the process ends, however it ends (``kill
+    -9`` included); ``release`` removes the file. ``take`` is None where another process (or
+    another claim in this one) holds it; ``holder`` says which process."""
+
+    def __init__(self, folder: Path, fd: int) -> None:
+        self.folder, self.fd = folder, fd
+
+    @classmethod
+    def take(cls, folder: Path) -> FolderLock | None:
+        path = Path(folder) / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:  # the file locked is still the one at that path (not one a releaser removed)
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return cls(Path(folder), fd)
+            os.close(fd)
+
+    @staticmethod
+    def held(folder: Path) -> bool:
+        """Whether some process holds ``folder``'s lock now (this one's claims included)."""
+        path = Path(folder) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing lets go of the shared lock, if it was taken
+
+    @staticmethod
+    def holder(folder: Path) -> str:
+        """The process id written in ``folder``'s lock file, or ``?``."""
+        try:
+            return (Path(folder) / LOCK_FILE).read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = -1

@@ -15,6 +15,9 @@ from typing import Any
 from lenet_lightning.errors import ConfigError
 from lenet_lightning.run_folder import SweepFolder
 
+# SLURM looks for jobs to warn of their time limit once a minute: the signal comes up to this
+# much earlier than signal_delay_s before the limit.
+SIGNAL_TICK_S = 60
 # States of a job that is still in the queue, running, or about to run again (requeued).
 QUEUED = {
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -80,11 +83,12 @@ def check_request(launcher: dict[str, Any]) -> None:
             "expected the minutes a job may run, an integer >= 1"
         )
     warning = launcher.get("signal_delay_s") or 0  # submitit's signal, before the time limit
-    if launcher["timeout_min"] * 60 <= warning:
+    if launcher["timeout_min"] * 60 <= warning + SIGNAL_TICK_S:
         raise ConfigError(
-            f"hydra.launcher.timeout_min={launcher['timeout_min']} ends before the warning "
-            f"signal that comes hydra.launcher.signal_delay_s={warning} s ahead of it: give a "
-            "longer timeout_min, or a shorter signal_delay_s"
+            f"hydra.launcher.timeout_min={launcher['timeout_min']} leaves no time before the "
+            f"warning signal, which SLURM sends hydra.launcher.signal_delay_s={warning} s ahead "
+            f"of the limit, or up to {SIGNAL_TICK_S} s earlier: give a timeout_min above "
+            f"{(warning + SIGNAL_TICK_S) // 60} minutes, or a shorter signal_delay_s"
         )
     found, name = partitions(), launcher.get("partition")
     if name is not None and name not in found:

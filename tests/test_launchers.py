@@ -52,7 +52,8 @@ def finished_job(sweep: Path, num: int, overrides: list[str], best_val: float) -
     """Job ``num``'s folder as a finished job leaves it; its files, to check they stay."""
     (sweep / str(num) / ".hydra").mkdir(parents=True)
     (sweep / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (sweep / str(num) / "metrics.json").write_text(json.dumps({"best": {"val/acc": best_val}}))
+    tested = {"best": {"val/acc": best_val}, "final": {"test/acc": best_val}}
+    (sweep / str(num) / "metrics.json").write_text(json.dumps(tested))
     return {p: p.read_bytes() for p in (sweep / str(num)).rglob("*") if p.is_file()}
 
 

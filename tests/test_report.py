@@ -111,8 +111,8 @@ def test_jobs_without_validation_are_listed_by_their_test_accuracy_alone(tmp_pat
     before, after = text.split("Over seeds")
     assert table_rows(before) == [["", "0", "0", "-", "0.9500", "3", "1.0"],
                                   ["", "1", "1", "-", "0.9700", "3", "1.0"]]  # fmt: skip
-    assert table_rows(after.split("Missing")[0]) == [["2", "-", "0.9600 ± 0.0141"]]
-    assert "Missing (no metrics.json, the job did not finish): 2 (seed=2)" in text
+    assert table_rows(after.split("Untested")[0]) == [["2", "-", "0.9600 ± 0.0141"]]
+    assert "Untested (trained, stopped before its test; resume=true tests it): 2 (seed=2)" in text
     assert not (tmp_path / "summary.png").exists()  # it plots validation accuracy
 
 

@@ -25,6 +25,7 @@ FLOORS = [  # lowest first; a module may import from earlier floors only
     {SHIM},  # a floor of its own: above what it names for Hydra, below cli, which registers it
     {"cli"},
     {"train", "eval", "predict", "demo", "shapes", "export"},  # the commands
+    {"start"},  # the console scripts' start: imports a command by its name when it runs
 ]
 
 

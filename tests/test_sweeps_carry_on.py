@@ -134,7 +134,8 @@ def test_a_finished_run_is_not_run_again(tmp_path: Path) -> None:
         ("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1 asks for more than partition"),
         ("hydra.launcher.partition=gpu", "hydra.launcher.partition='gpu' is not a partition of"),
         ("hydra.launcher.timeout_min=-5", "hydra.launcher.timeout_min=-5 is not allowed"),
-        ("hydra.launcher.timeout_min=2", "timeout_min=2 ends before the warning signal"),
+        ("hydra.launcher.timeout_min=2", "timeout_min=2 leaves no time before the warning"),
+        ("hydra.launcher.signal_delay_s=3550", "give a timeout_min above 60 minutes"),
     ],
 )
 def test_a_request_the_cluster_cannot_meet_is_refused_before_submitting(
@@ -222,6 +223,40 @@ def test_a_preempted_slurm_job_comes_back_and_ends_as_if_uninterrupted(
     assert "SLURM restarted this job (restart 1): carrying the run on from" in log
     assert not list((sweep / "0").glob("hpc_ckpt_*"))
     assert results(sweep)["0"] == results(tmp_path)["whole"]
+
+
+def test_a_job_longer_than_its_time_limit_ends_with_the_uninterrupted_history(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """25 epochs of about 5 s under a 2-minute limit whose warning comes 45 s (to 105 s) ahead:
+    each attempt ends its epoch, saves it, is requeued, and the next carries on from it."""
+    job = ["trainer=cpu", "trainer.max_epochs=25", "trainer.limit_val_batches=2", "seed=1"]
+    whole = run_cli(*job, "hydra.run.dir=whole", cwd=tmp_path, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    limited = ["hydra/launcher=slurm_cpu", "hydra.launcher.timeout_min=2",
+               "hydra.launcher.signal_delay_s=45", "hydra.launcher.max_num_timeout=20"]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", *limited, *job, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (sweep / "0" / "train.log").read_text()
+    assert "SLURM's time limit is near (SIGUSR2): training stops at the end of this epoch" in log
+    assert "SLURM restarted this job (restart 1): carrying the run on from" in log
+    assert results(sweep)["0"] == results(tmp_path)["whole"]
+
+
+def test_a_job_requeued_after_it_finished_keeps_its_results(slurm_cluster, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", *SLURM, *JOB, "seed=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = files_of(sweep / "0")
+    (job,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()]  # one job: no array
+    ending = ["squeue", "-h", "-r", "-t", "RUNNING,COMPLETING", "-j", job.split("_")[0]]
+    while subprocess.run(ending, capture_output=True, text=True).stdout.strip():
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    said = "SLURM started job 0 again after it finished: its results in"
+    wait_for_line(sweep / ".submitit" / job / f"{job}_0_log.err", said, timeout=300)
+    assert files_of(sweep / "0") == kept
 
 
 def test_ddp_under_srun_writes_one_folder_and_equals_torchrun(
