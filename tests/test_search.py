@@ -4,6 +4,7 @@ kill -9 and carried on with resume=true ends with the trials of one never stoppe
 
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,3 +153,79 @@ def test_a_stopped_search_carries_on_to_the_trials_of_one_never_stopped(
     assert carried.returncode == 0, carried.stderr[-3000:]
     assert "2 kept, [2] carried on from their last.ckpt" in carried.stdout
     assert trials(sweep) == never_stopped
+
+
+SLURM_SEARCH = [  # 4 trials at a time, as one SLURM job array; pruning off: running trials
+    "hydra/launcher=slurm_cpu",  # report at moments that vary, so a pruner's choices would too
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.sweeper.n_jobs=4",
+    "hydra.sweeper.pruner=null",
+]
+
+
+def squeue_of(sweep: Path) -> list[str]:
+    """The SLURM ids of the sweep's jobs still queued or running (an array's, one by one)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%o"], capture_output=True, text=True)
+    return [line.split("|")[0] for line in out.stdout.splitlines() if f"{sweep}/" in line]
+
+
+@pytest.mark.slow
+def test_a_search_on_slurm_runs_trials_as_a_job_array_and_a_preempted_one_loses_nothing(
+    slurm_cluster: str, tmp_path: Path
+) -> None:
+    """8 trials in two job arrays of 4; trial 1 is requeued (preempted) in its first epoch, comes
+    back, and the study ends as the same search run in this machine's process, trial by trial."""
+    common = [*SEARCH, *QUICK, "hydra.sweeper.n_trials=8", *SLURM_SEARCH[-2:]]
+    here = tmp_path / "here"
+    done = run_cli(*common, f"hydra.sweep.dir={here}", cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    sweep = tmp_path / "slurm"
+    search = start_cli(*common, *SLURM_SEARCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while len(arrays := {i.split("_")[0] for i in squeue_of(sweep)}) < 1:
+        assert time.monotonic() < deadline and search.poll() is None
+        time.sleep(0.2)
+    (array,) = arrays
+    log = sweep / "1" / "train.log"
+    while not (log.exists() and "epoch 1/2:" in log.read_text()):
+        assert time.monotonic() < deadline and search.poll() is None, search.stderr
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", f"{array}_1"], check=True)
+    out, err = search.communicate(timeout=900)
+    assert search.returncode == 0, err[-3000:]
+    assert f"Submitted SLURM jobs {array}_0, {array}_1, {array}_2, {array}_3 for" in out
+    assert "SLURM restarted this job (restart 1): carrying the run on from" in log.read_text()
+    assert trials(sweep) == trials(here)
+    assert [t[1] for t in trials(sweep)] == ["COMPLETE"] * 8
+
+
+@pytest.mark.slow
+def test_two_searches_at_once_share_one_study_on_slurm(slurm_cluster: str, tmp_path: Path) -> None:
+    """Two searches started together on one journal file and study name, each carrying it on
+    (resume=true): no trial number twice, 6 trials in all, each run by one search only."""
+    journal = tmp_path / "shared" / "study.log"
+    journal.parent.mkdir()
+    shared = ["hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={journal}", "resume=true"]
+    common = [*SEARCH, *QUICK, *SLURM_SEARCH, "hydra.sweeper.n_trials=6", *shared]
+    searches = [
+        start_cli(*common, f"hydra.sweep.dir={tmp_path / name}", cwd=tmp_path) for name in "ab"
+    ]
+    for search in searches:
+        _, err = search.communicate(timeout=900)
+        assert search.returncode == 0, err[-3000:]
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="lenet5_lr", storage=storage)
+    ran = [t for t in study.trials if t.state.name != "FAIL"]
+    assert len(ran) == 6 and all(t.state.name == "COMPLETE" for t in ran)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    folders = {p.name: p.parent.name for name in "ab" for p in (tmp_path / name).glob("[0-9]*")}
+    assert sorted(int(n) for n in folders) == sorted(t.number for t in ran)
+    assert {t.user_attrs["folder"] for t in ran} == {
+        str(tmp_path / sweep / n) for n, sweep in folders.items()
+    }
