@@ -166,10 +166,18 @@ def quiet_train(
     cfg: DictConfig, callbacks: list[L.Callback], datamodule: L.LightningDataModule | None = None
 ) -> None:
     """``train(cfg)`` without its per-run messages and per-epoch lines."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lenet_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(io.StringIO()):
-        train(cfg, callbacks=callbacks, datamodule=datamodule)
+    loggers = [
+        logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lenet_lightning")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(cfg, callbacks=callbacks, datamodule=datamodule)
+    finally:  # as they were: a benchmark called from a test leaves the others' lines alone
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def trainer_overrides(device: torch.device) -> list[str]:

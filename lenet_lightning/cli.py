@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, compose_config, register, validate
-from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line
+from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line, worker_rank
 from lenet_lightning.report import pairs, read_job, sweep_jobs, write_sweep_summary
 from lenet_lightning.run_folder import FolderLock, RunFolder, SweepFolder, new_folder
 from lenet_lightning.search import check_jobs, check_study, searching
@@ -199,21 +199,6 @@ def check_writable(key: str, folder: str) -> None:
             f"{key}={folder!r} has only {free // 2**20} MiB free; a run needs "
             f"{MIN_FREE_BYTES // 2**20} MiB for its data, checkpoints and logs"
         )
-
-
-def worker_rank() -> int:
-    """This process's rank among the processes a launcher (Lightning, torchrun, srun) started
-    for one run; 0 else. A rank counts only beside a world of several processes (``WORLD_SIZE``,
-    or SLURM's ``SLURM_NTASKS``): a ``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` left in the
-    environment of a process started alone makes it no DDP rank."""
-
-    def number(key: str) -> int:
-        value = os.environ.get(key, "").strip()
-        return int(value) if value.isdigit() else 0
-
-    ranks = [number("RANK"), number("LOCAL_RANK")] if number("WORLD_SIZE") > 1 else []
-    ranks += [number("SLURM_PROCID")] if number("SLURM_NTASKS") > 1 else []
-    return max(ranks, default=0)
 
 
 def given(config: DictConfig, key: str) -> bool:

@@ -89,24 +89,29 @@ def one_line(err: BaseException) -> str:
     return ": ".join([head, *rest])
 
 
-def process_rank() -> int:
-    """This process's rank among the processes of one run: 0 for a process alone (a rank left in
-    the environment of a process started by itself counts for nothing, as ``cli.worker_rank``
-    reads it); else Lightning's own (its strategies set it), or what the launcher said
-    (torchrun's ``RANK``, SLURM's ``SLURM_PROCID``)."""
+def worker_rank() -> int:
+    """This process's rank among the processes a launcher (Lightning, torchrun, srun) started
+    for one run, as the launcher said; 0 else. A rank counts only beside a world of several
+    processes (``WORLD_SIZE``, or SLURM's ``SLURM_NTASKS``): a ``LOCAL_RANK``, ``RANK`` or
+    ``SLURM_PROCID`` left in the environment of a process started alone makes it no rank."""
 
     def number(key: str) -> int:
         value = os.environ.get(key, "").strip()
         return int(value) if value.isdigit() else 0
 
-    # a rank counts beside a world of several processes, not where one was left in the environment
     ranks = [number("RANK"), number("LOCAL_RANK")] if number("WORLD_SIZE") > 1 else []
     ranks += [number("SLURM_PROCID")] if number("SLURM_NTASKS") > 1 else []
-    if not ranks:
-        return 0
+    return max(ranks, default=0)
+
+
+def process_rank() -> int:
+    """This process's rank among the processes of one run: Lightning's own where a launcher
+    started several (its strategies set it), else ``worker_rank``'s; 0 for a process alone."""
+    if not (rank := worker_rank()):
+        return 0  # alone, or rank 0: whatever Lightning read from a variable left over
     rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")  # loaded with Lightning
-    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
-    return int(rank) if rank is not None else max(ranks)
+    lightnings = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    return int(lightnings) if lightnings is not None else rank
 
 
 class RunLog(logging.FileHandler):

@@ -19,9 +19,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from lenet_lightning import train as train_module
-from lenet_lightning.cli import CheckConfig, worker_rank
+from lenet_lightning.cli import CheckConfig
 from lenet_lightning.config import compose_config
-from lenet_lightning.errors import ConfigError
+from lenet_lightning.errors import ConfigError, worker_rank
 from lenet_lightning.report import find_jobs, read_job, write_sweep_summary
 from lenet_lightning.run_folder import LOCK_FILE, FolderLock, RunFolder
 from lenet_lightning.train import train

@@ -219,6 +219,7 @@ def test_only_rank_0_writes_the_run_log(tmp_path: Path, monkeypatch: pytest.Monk
     root = logging.getLogger()
     monkeypatch.setenv("WORLD_SIZE", "2")  # a rank counts beside a world of several processes
     for rank in (1, 0):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))  # as Lightning's launcher starts each rank
         monkeypatch.setattr(rank_zero_only, "rank", rank)
         handler = RunLog(str(tmp_path / f"rank{rank}.log"))
         root.addHandler(handler)

@@ -12,7 +12,9 @@ import pytest
 
 from tests.conftest import SHORT_RUN, call_cli, run_cli
 
-QUICK = SHORT_RUN
+# SHORT_RUN with a longer second epoch: a signal sent half a second into it finds it running
+LONGER = "trainer.limit_train_batches=500"
+QUICK = [LONGER if o.startswith("trainer.limit_train_batches=") else o for o in SHORT_RUN]
 
 
 def history(cwd: Path) -> list[dict]:
