@@ -56,15 +56,21 @@ def unfinished(
         return numbered, {}
     todo, done = [], {}
     for num, overrides in numbered:
-        folder = job_folder(launcher, overrides, num)
-        job = read_job(RunFolder(folder), str(num))
-        if job.done:
-            log.info("#%d finished before: kept as it is (%s)", num, folder)
-            done[num] = JobReturn(list(overrides), status=JobStatus.COMPLETED,
-                                  _return_value=job.best_val, working_dir=str(folder))  # fmt: skip
+        if kept := finished(launcher, overrides, num):
+            log.info("#%d finished before: kept as it is (%s)", num, kept.working_dir)
+            done[num] = kept
         else:
             todo.append((num, overrides))
     return todo, done
+
+
+def finished(launcher: Any, overrides: Sequence[str], num: int) -> JobReturn | None:
+    """Job ``num``'s result where its folder holds it finished (tested); None else."""
+    folder = job_folder(launcher, overrides, num)
+    if not (job := read_job(RunFolder(folder), str(num))).done:
+        return None
+    return JobReturn(list(overrides), status=JobStatus.COMPLETED, _return_value=job.best_val,
+                     working_dir=str(folder))  # fmt: skip
 
 
 class Sequential(Launcher):
@@ -100,12 +106,10 @@ class OnSlurm:
         are, and nothing in its folder is written again."""
         if restart_count():
             Singleton.set_state(state)  # the settings' schemas, to compose the job's config
-            folder = job_folder(self, overrides, num)
-            if (job := read_job(RunFolder(folder), str(num))).done:
+            if kept := finished(self, overrides, num):
                 log.warning("SLURM started job %d again after it finished: its results in %s "
-                            "are kept, and nothing is run", num, folder)  # fmt: skip
-                return JobReturn(list(overrides), status=JobStatus.COMPLETED,
-                                 _return_value=job.best_val, working_dir=str(folder))  # fmt: skip
+                            "are kept, and nothing is run", num, kept.working_dir)  # fmt: skip
+                return kept
         return super().__call__(overrides, dir_key, num, job_id, state)  # type: ignore[misc]
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
