@@ -69,7 +69,10 @@ def stopped_then_resumed(args: list[str], folder: Path, trial: int, after_s: flo
     """Start ``args``, Ctrl-C it ``after_s`` seconds into trial ``trial``, carry it on with
     ``resume=true``; the wall seconds of both commands together."""
     started = time.perf_counter()
-    search = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    search = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # also run in background
+    )  # fmt: skip
     while not (folder / str(trial)).is_dir():
         if search.poll() is not None:
             raise SystemExit("the search ended before the trial to stop it in")

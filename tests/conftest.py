@@ -157,13 +157,17 @@ def call_cli(
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def start_cli(*args: str, cwd: Path, app: str = "train") -> subprocess.Popen:
-    """``lenet-<app> ARGS`` started in a fresh process, its output piped: to signal it, say.
-    It answers Ctrl-C (SIGINT) as in a terminal, also where the tests themselves run in the
-    background, whose processes inherit SIGINT ignored."""
+def start_cli(
+    *args: str, cwd: Path, app: str = "train", one_stream: bool = False
+) -> subprocess.Popen:
+    """``lenet-<app> ARGS`` started in a fresh process, its output piped (``one_stream``: stderr
+    into stdout, in the order written): to signal it, say. It answers Ctrl-C (SIGINT) as in a
+    terminal, also where the tests themselves run in the background, whose processes inherit
+    SIGINT ignored."""
     command, environment = cli_command(args, app, None)
+    stderr = subprocess.STDOUT if one_stream else subprocess.PIPE
     return subprocess.Popen(
-        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=stderr,
         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 

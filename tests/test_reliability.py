@@ -1,16 +1,13 @@
 """Interruptions and several processes, through the real CLI."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHORT_RUN, call_cli, run_cli
+from tests.conftest import SHORT_RUN, call_cli, run_cli, start_cli
 
 # SHORT_RUN with a longer second epoch: a signal sent half a second into it finds it running
 LONGER = "trainer.limit_train_batches=500"
@@ -35,12 +32,7 @@ def uninterrupted(tmp_path_factory) -> list[dict]:
 def test_an_interrupted_run_resumes_to_the_same_metrics(
     tmp_path: Path, uninterrupted, signum
 ) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, "-m", "lenet_lightning.train", *QUICK]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_cli(*QUICK, cwd=tmp_path, one_stream=True)
     seen = []
     for line in proc.stdout:  # wait for the first epoch to end, then stop the second one
         seen.append(line)
