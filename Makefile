@@ -26,10 +26,11 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-bench: setup  # epoch time of the lesson's loop and lenet-train's variants, time to 99%, one epoch, .onnx predict, a sweep's memory
+bench: setup  # epoch time of the lesson's loop and lenet-train's variants, time to 99%, one epoch, the whole command, .onnx predict, a sweep's memory
 	$(BIN)/python benchmarks/epoch_time.py --variant "B NCHW=model.channels_last=false"
 	$(BIN)/python benchmarks/time_to_accuracy.py
 	$(BIN)/python benchmarks/one_epoch.py
+	$(BIN)/python benchmarks/whole_command.py
 	$(BIN)/python benchmarks/onnx_predict.py
 	$(BIN)/python benchmarks/sweep_memory.py
 

@@ -4,21 +4,36 @@ The network, the loss, Adam(lr=1e-3), batch 100, a numpy permutation every epoch
 indexing, and after each epoch the whole test set in one forward pass (as the lesson does it,
 outside ``no_grad``). Only the "10000 epochs, stopped by hand" became a function for one epoch,
 and ``lesson_tensors`` gives MNIST as the lesson holds it.
+
+Run as a script, it is the lesson's whole program (imports, torchvision's MNIST, the seeds,
+the loop, an accuracy printed per epoch), the process a user would time against
+``lenet-train`` (``whole_command.py``)::
+
+    python benchmarks/lesson_loop.py --epochs 5 --data-dir ~/.cache/lenet-lightning
 """
 
 from __future__ import annotations
 
+import argparse
+import random
+import sys
+
 import numpy as np
 import torch
-
-from lenet_lightning.data import load_mnist
 
 
 def lesson_tensors(data_dir: str) -> tuple[torch.Tensor, ...]:
     """MNIST as the lesson holds it: float (N, 1, 28, 28) images of raw 0-255 pixels, labels."""
-    x, y = load_mnist(data_dir, train=True)
-    xt, yt = load_mnist(data_dir, train=False)
-    return x.unsqueeze(1).float(), y, xt.unsqueeze(1).float(), yt
+    import torchvision.datasets
+
+    train = torchvision.datasets.MNIST(data_dir, train=True, download=False)
+    test = torchvision.datasets.MNIST(data_dir, train=False, download=False)
+    return (
+        train.data.unsqueeze(1).float(),
+        train.targets,
+        test.data.unsqueeze(1).float(),
+        test.targets,
+    )
 
 
 class LeNet5(torch.nn.Module):
@@ -99,3 +114,22 @@ class LessonLoop:
         accuracy = (test_preds.argmax(dim=1) == y_test).float().mean().data.cpu()
         self.test_accuracy_history.append(accuracy)
         return float(accuracy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--data-dir", required=True, help="the folder holding MNIST/raw")
+    args = p.parse_args(argv)
+    random.seed(0)  # the lesson's seeds
+    np.random.seed(0)
+    torch.manual_seed(0)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    loop = LessonLoop(*lesson_tensors(args.data_dir), device)
+    for epoch in range(args.epochs):
+        print(f"epoch {epoch + 1}: test accuracy {loop.epoch():.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

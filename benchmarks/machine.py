@@ -34,6 +34,8 @@ from lenet_lightning.train import train
 from lenet_lightning.trainer import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
+# As an installed package runs: its compiled bytecode kept (some sandboxes turn that off).
+INSTALLED = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "numpy")
 VERDICTS = {True: "met", False: "MISSED", None: "not judged"}  # a target's, None in quick mode
 
@@ -113,6 +115,21 @@ class Stopwatch:
         foreign = (self._busy() - self.busy0) - (self._own() - self.own0)
         share = max(0.0, foreign) / (seconds * (psutil.cpu_count() or 1))
         return Span(seconds, self.load, min(1.0, share))
+
+
+class ProcessStopwatch(Stopwatch):
+    """A Stopwatch whose own work includes the processes it starts and waits for."""
+
+    def _own(self) -> float:
+        t = self.process.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+
+def command(app: str, *args: str) -> list[str]:
+    """``lenet-<app> ARGS`` as installed beside this Python (``python -m`` where it is not)."""
+    script = Path(sys.executable).with_name(f"lenet-{app}")
+    module = [sys.executable, "-m", f"lenet_lightning.{app}"]
+    return [*([str(script)] if script.exists() else module), *args]
 
 
 class PeakMemory:

@@ -20,7 +20,6 @@ a table to the terminal and JSON to ``benchmarks/results/onnx_predict-cpu[-quick
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,17 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from machine import RESULTS, VERDICTS, Span, Stopwatch, describe, publish, result_header
+from machine import (
+    INSTALLED,
+    RESULTS,
+    VERDICTS,
+    ProcessStopwatch,
+    Span,
+    command,
+    describe,
+    publish,
+    result_header,
+)
 from PIL import Image
 
 from lenet_lightning.config import ModelConfig, compose_config
@@ -42,23 +51,6 @@ from lenet_lightning.outputs import markdown_table as table
 
 TARGETS = {"onnx median s": ("<=", 0.6), "onnx/checkpoint": ("<=", 1 / 3)}
 BATCHES = {"batches of 1,000": 1000, "one at a time": 1}
-# As an installed package runs: its compiled bytecode kept (some sandboxes turn that off).
-INSTALLED = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-class ProcessStopwatch(Stopwatch):
-    """A Stopwatch whose own work includes the processes it starts and waits for."""
-
-    def _own(self) -> float:
-        t = self.process.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-
-
-def command(app: str, *args: str) -> list[str]:
-    """``lenet-<app> ARGS`` as installed beside this Python (``python -m`` where it is not)."""
-    script = Path(sys.executable).with_name(f"lenet-{app}")
-    module = [sys.executable, "-m", f"lenet_lightning.{app}"]
-    return [*([str(script)] if script.exists() else module), *args]
 
 
 def untrained_checkpoint(path: Path) -> Path:

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     ModelSummary,
+    TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -325,6 +326,17 @@ class TensorBoardExtras(L.Callback):
         trainer.logger.log_hyperparams(self.hparams, results)
 
 
+PROGRESS_EVERY_BATCHES = 20  # a 2-core CPU trains about 100 batches a second
+
+
+def progress_bar() -> L.Callback:
+    """Lightning's tqdm progress bar, moved every ``PROGRESS_EVERY_BATCHES`` batches. Lightning's
+    default (Rich's bar where Rich is installed, else tqdm's) does its work after every batch,
+    and Rich's wakes a thread 100 times a second: about a tenth of an epoch's time on a 2-core
+    CPU (docs/performance.md, "The whole command")."""
+    return TQDMProgressBar(refresh_rate=PROGRESS_EVERY_BATCHES)
+
+
 def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callback]:
     """The run's callbacks: the check against the data, the best and the last checkpoint (every
     epoch, to resume from), the report, what TensorBoard shows, the layer-by-layer summary, and
@@ -352,6 +364,8 @@ def run_callbacks(cfg: TrainConfig, run: RunFolder, logger: Any) -> list[L.Callb
         TensorBoardExtras({k: str(v) if isinstance(v, list) else v for k, v in settings.items()}),
         ModelSummary(max_depth=3),  # every layer with its input and output shape, and FLOPs
     ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(progress_bar())
     if cfg.callbacks.ema_decay is not None:
         callbacks.append(WeightAverage(decay=cfg.callbacks.ema_decay))
     if patience := cfg.callbacks.early_stopping_patience:

@@ -17,6 +17,7 @@ import epoch_time
 import one_epoch
 import summary
 import time_to_accuracy
+import whole_command
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +112,19 @@ def test_one_epoch_reports_every_loop_for_every_seed(tiny_mnist, tmp_path: Path,
         assert len(run["train_s"]) == 2 and all(s > 0 for s in run["train_s"])
     assert isinstance(results["target_met"], bool)
     assert "target: experiment=fast: median test/acc >= 99.00%" in capsys.readouterr().out
+
+
+def test_whole_command_times_both_processes_in_turns(tiny_mnist, tmp_path: Path, capsys) -> None:
+    args = ["--pairs", "1", "--epochs", "1", "--data-dir", str(tiny_mnist), "--out", str(tmp_path)]
+    assert whole_command.main([*args, "--set", "data.val_size=100", "logger=none"]) == 0
+    results = json.loads((tmp_path / "whole_command-cpu.json").read_text())
+    ours, lesson = results["process"]
+    assert ours == "lenet-train trainer.max_epochs=1 data.val_size=100 logger=none"
+    assert lesson == whole_command.LESSON
+    for row in results["process"].values():
+        (run,) = row["runs"]  # the first pair, not counted, warms Python's bytecode cache
+        assert row["median_s"] == round(run["seconds"], 2) > 0
+    ratio = results["process"][ours]["median_s"] / results["process"][lesson]["median_s"]
+    assert results["ratio"] == pytest.approx(ratio, abs=1e-3)
+    assert results["target_met"] == (results["ratio"] <= 1.0)
+    assert "pairs kept: 1/1; ratio" in capsys.readouterr().out

@@ -10,7 +10,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
+from lenet_lightning.callbacks import PROGRESS_EVERY_BATCHES
 from lenet_lightning.config import ConfigError, compose_config
 from lenet_lightning.errors import one_line
 from lenet_lightning.eval import evaluate
@@ -359,3 +361,22 @@ def test_ddp_waits_as_long_as_peer_timeout_s(strategy: str) -> None:
     trainer = trainer_from(settings, logger=False, enable_checkpointing=False)
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.strategy._timeout == timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_the_progress_bar_moves_every_few_batches_not_every_batch(
+    tiny_mnist, tmp_path: Path, shown: bool
+) -> None:
+    bars = []
+
+    class Seen(L.Callback):
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            bars.append(trainer.progress_bar_callback)
+
+    overrides = tiny_overrides(tiny_mnist, tmp_path, f"trainer.enable_progress_bar={shown}")
+    train(compose_config([*overrides, "trainer.max_epochs=1"]), callbacks=[Seen()])
+    (bar,) = bars
+    if shown:  # Lightning's tqdm bar, not its default (Rich's, moved after every batch)
+        assert type(bar) is TQDMProgressBar and bar.refresh_rate == PROGRESS_EVERY_BATCHES > 1
+    else:
+        assert bar is None
