@@ -6,8 +6,8 @@ its epoch as taught (its pass over the test set included); a ``lenet-train`` epo
 where its validation starts. The lesson printed 98.5% after its first epoch: the first two rows
 show where its loop and ``experiment=lesson`` land over seeds. The target of ``experiment=fast``:
 a median test accuracy of at least 99.0% with no seed under 98.85%, in a median training time
-no longer than A's median epoch. Seeds are set as the lesson sets them (``random``, ``numpy``,
-``torch``). Writes a table to the terminal and JSON to
+of at most three quarters of A's median epoch. Seeds are set as the lesson sets them
+(``random``, ``numpy``, ``torch``). Writes a table to the terminal and JSON to
 ``benchmarks/results/one_epoch-<device>.json``.
 
     python benchmarks/one_epoch.py                 # seeds 0-4
@@ -46,7 +46,8 @@ from lenet_lightning.outputs import markdown_table
 
 LESSON = "A (the lesson's loop)"
 EXPERIMENTS = ("lesson", "fast")
-MEDIAN, LOWEST = 0.99, 0.9885  # experiment=fast's target after one epoch
+MEDIAN, LOWEST = 0.99, 0.9885  # experiment=fast's target after one epoch...
+TIME_SHARE = 0.75  # ...in at most this share of A's epoch
 
 
 class EpochClock(L.Callback):
@@ -121,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: {shown}", flush=True)
     fast, lesson = found["experiment=fast"], found[LESSON]
     accuracy_met = statistics.median(fast["test_acc"]) >= MEDIAN and min(fast["test_acc"]) >= LOWEST
-    time_met = statistics.median(fast["train_s"]) <= statistics.median(lesson["train_s"])
+    time_share = statistics.median(fast["train_s"]) / statistics.median(lesson["train_s"])
     results = {
         **result_header("one_epoch", argv, machine),
         "seeds": args.seeds,
         "runs": found,
+        "time_share": round(time_share, 3),
         "target": f"experiment=fast: median test/acc >= {MEDIAN:.2%}, none under {LOWEST:.2%}, "
-        "in a median training time <= A's median epoch",
-        "target_met": accuracy_met and time_met,
+        f"in a median training time <= {TIME_SHARE} x A's median epoch",
+        "target_met": accuracy_met and time_share <= TIME_SHARE,
         "seconds": round(time.perf_counter() - started, 1),
     }
     publish(f"one_epoch-{device.type}", args.out, results, render)
@@ -148,7 +150,8 @@ def render(results: dict) -> str:
     seeds = " ".join(map(str, results["seeds"]))
     header = ["one epoch", f"test/acc, seeds {seeds}", "mean ± std", "median", "min"]
     table = markdown_table([*header, "median training s"], rows)
-    return f"{table}\n\ntarget: {results['target']}: {VERDICTS[results['target_met']]}"
+    share = f"experiment=fast / A, median training s: {results['time_share']:.3f}"
+    return f"{table}\n\n{share}\ntarget: {results['target']}: {VERDICTS[results['target_met']]}"
 
 
 if __name__ == "__main__":

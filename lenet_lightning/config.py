@@ -123,6 +123,7 @@ class ModelConfig:
     conv2_channels: int = at_least(16, 1, WEIGHTS)  # feature maps of the second one
     fc1_units: int = at_least(120, 1, WEIGHTS)  # outputs of the first fully connected layer
     batch_norm: bool = setting(False, role=WEIGHTS)
+    pool_first: bool = setting(False, role=MODEL)  # pool before each stage's norm and activation
     dropout: float = fraction(0.0, role=MODEL)  # probability, before each fully connected layer
     lr: float = positive(1e-3, OPTIMISER)
     weight_decay: float = at_least(0.0, 0, OPTIMISER)

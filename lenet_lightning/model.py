@@ -4,7 +4,10 @@ The lesson's network, ``LeNet5()``: conv 1->6 (5x5, padding 2), tanh, 2x2 averag
 6->16 (5x5), tanh, 2x2 average pooling; 400 -> 120 -> 84 -> 10 with tanh between (61,706
 parameters). The options build the lesson's "next step": ReLU, max pooling, two 3x3 convolutions
 in place of each 5x5 one (the same receptive field, one more non-linearity), batch norm, dropout,
-more feature maps per convolution stage, and another width for the first fully connected layer.
+more feature maps per convolution stage, and another width for the first fully connected layer;
+and pooling straight after each stage's convolution, before its batch norm and activation, which
+then work on a quarter of the values (with max pooling and ReLU, the same network but for the
+statistics batch norm sees).
 
 Every layer has a name (``features.conv1``, ``classifier.fc1``...), so the weights' names do
 not depend on options that add no weights (dropout, the activation, the pooling). ``ModelConfig``
@@ -37,6 +40,7 @@ class LeNet5(nn.Module):
         conv2_channels: int = 16,
         fc1_units: int = 120,
         batch_norm: bool = False,
+        pool_first: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -44,17 +48,21 @@ class LeNet5(nn.Module):
 
         def stage(n: int, c_in: int, c_out: int, padding: int) -> dict[str, nn.Module]:
             """One 5x5 convolution (``conv1``), or two 3x3 ones that see the same 5x5 window
-            (``conv1a``, ``conv1b``); each with its batch norm and activation, then pooling."""
+            (``conv1a``, ``conv1b``); each with its batch norm and activation, then pooling
+            (``pool_first``: pooling straight after the stage's last convolution)."""
             three = (3, padding // 2)
             sizes = {"": (5, padding)} if conv_size == 5 else {"a": three, "b": three}
+            pooled = {f"pool{n}": pool(kernel_size=2, stride=2)}
             layers: dict[str, nn.Module] = {}
             for part, (size, pad) in sizes.items():
                 layers[f"conv{n}{part}"] = nn.Conv2d(c_in, c_out, size, padding=pad)
+                if pool_first and part == list(sizes)[-1]:
+                    layers |= pooled
                 if batch_norm:
                     layers[f"norm{n}{part}"] = nn.BatchNorm2d(c_out)
                 layers[f"act{n}{part}"] = act()
                 c_in = c_out
-            return {**layers, f"pool{n}": pool(kernel_size=2, stride=2)}
+            return layers if pool_first else layers | pooled
 
         def linear(n: int, n_in: int, n_out: int) -> dict[str, nn.Module]:
             drop = {f"drop{n}": nn.Dropout(dropout)} if dropout > 0 else {}

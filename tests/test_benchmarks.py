@@ -111,7 +111,9 @@ def test_one_epoch_reports_every_loop_for_every_seed(tiny_mnist, tmp_path: Path,
         assert len(run["test_acc"]) == 2 and all(0 <= a <= 1 for a in run["test_acc"])
         assert len(run["train_s"]) == 2 and all(s > 0 for s in run["train_s"])
     assert isinstance(results["target_met"], bool)
-    assert "target: experiment=fast: median test/acc >= 99.00%" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "target: experiment=fast: median test/acc >= 99.00%" in printed
+    assert f"experiment=fast / A, median training s: {results['time_share']:.3f}" in printed
 
 
 def test_whole_command_times_both_processes_in_turns(tiny_mnist, tmp_path: Path, capsys) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import BatchNorm2d
 
 from lenet_lightning.checkpoints import trained_network
 from lenet_lightning.config import MODEL, WEIGHTS, ModelConfig
@@ -82,6 +83,24 @@ def test_three_by_three_convolutions_keep_the_feature_map_shapes() -> None:
         m.kernel_size for m in lenet5(conv_size=3).modules() if isinstance(m, torch.nn.Conv2d)
     }
     assert kernels == {(3, 3)}
+
+
+@pytest.mark.parametrize("conv_size", [5, 3])
+def test_pooling_first_normalises_a_quarter_of_the_values_with_the_same_weights(conv_size) -> None:
+    settings = {"activation": "relu", "pooling": "max", "batch_norm": True, "conv_size": conv_size}
+    after, first = lenet5(**settings), lenet5(**settings, pool_first=True)
+    last = "conv1" if conv_size == 5 else "conv1b"
+    names = [name for name, _ in first.features.named_children()]
+    assert names[names.index(last) + 1] == "pool1"  # straight after the stage's last convolution
+    assert names[names.index(last.replace("conv", "norm")) - 1] == "pool1"
+    assert list(first.state_dict()) == list(after.state_dict())  # the same weights, by name
+    first.load_state_dict(after.state_dict())
+    x = torch.randn(8, 1, 28, 28)
+    assert first.features(x).shape == after.features(x).shape == (8, 16, 5, 5)
+    first.eval(), after.eval()  # batch norm's running statistics: the same network but for them
+    for norm in (m for m in [*first.modules(), *after.modules()] if isinstance(m, BatchNorm2d)):
+        norm.running_mean.zero_(), norm.running_var.fill_(1.0)
+    torch.testing.assert_close(first(x), after(x))  # max pooling commutes with the norm and ReLU
 
 
 def test_dropout_comes_before_each_fully_connected_layer_and_only_while_training() -> None:
