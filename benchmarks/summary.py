@@ -13,8 +13,10 @@ from pathlib import Path
 
 from epoch_time import render as render_epochs
 from machine import RESULTS
+from one_epoch import render as render_one_epoch
 from onnx_predict import render as render_onnx
 from time_to_accuracy import render as render_accuracy
+from whole_command import render as render_whole_command
 
 
 def machine_line(machine: dict) -> str:
@@ -31,9 +33,13 @@ def machine_line(machine: dict) -> str:
 def summary(results_dir: Path, device: str, quick: bool) -> str:
     suffix = f"-{device}" + ("-quick" if quick else "")
     parts = []
-    renders = {"epoch_time": render_epochs, "time_to_accuracy": render_accuracy}
-    if device == "cpu":  # lenet-predict's start-up, on the CPU
-        renders["onnx_predict"] = render_onnx
+    renders = {
+        "epoch_time": render_epochs,
+        "time_to_accuracy": render_accuracy,
+        "one_epoch": render_one_epoch,
+    }
+    if device == "cpu":  # whole processes, on the CPU: lenet-train's, lenet-predict's
+        renders |= {"whole_command": render_whole_command, "onnx_predict": render_onnx}
     for name, render in renders.items():
         path = results_dir / f"{name}{suffix}.json"
         if not path.exists():
