@@ -333,7 +333,7 @@ def progress_bar() -> L.Callback:
     """Lightning's tqdm progress bar, moved every ``PROGRESS_EVERY_BATCHES`` batches. Lightning's
     default (Rich's bar where Rich is installed, else tqdm's) does its work after every batch,
     and Rich's wakes a thread 100 times a second: about a tenth of an epoch's time on a 2-core
-    CPU (docs/performance.md, "The whole command")."""
+    CPU (docs/performance.md, "What the figures guided")."""
     return TQDMProgressBar(refresh_rate=PROGRESS_EVERY_BATCHES)
 
 

@@ -11,8 +11,8 @@ Importing a command's module (``import lenet_lightning.train`` in a notebook) is
 
 When the command has ended, the objects it leaves are frozen out of the garbage collector
 (``gc.freeze``): the interpreter's last collections then skip them. With Lightning loaded they
-took about a second of every command's exit (docs/performance.md, "The whole command"); the
-exit handlers (the logs' flush) still run.
+took about a second of every command's exit (docs/performance.md, "What the figures
+guided"); the exit handlers (the logs' flush) still run.
 """
 
 from __future__ import annotations
