@@ -30,7 +30,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from machine import RESULTS, describe, publish, result_header
+from machine import RESULTS, command, describe, publish, result_header
 
 from lenet_lightning.outputs import markdown_table as table
 from lenet_lightning.run_folder import RunFolder, RunRecord, SweepFolder
@@ -40,7 +40,7 @@ GRID = "model.lr=1e-4,3e-4,1e-3,3e-3,1e-2"
 
 
 def lenet_train(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("lenet-train")), "-m", *args]
+    return command("train", "-m", *args)
 
 
 def run(args: list[str]) -> float:

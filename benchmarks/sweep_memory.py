@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from machine import RESULTS, VERDICTS, describe, publish, result_header
+from machine import RESULTS, VERDICTS, command, describe, publish, result_header
 
 from lenet_lightning.outputs import markdown_table as table
 
@@ -40,16 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = 0.0
     with tempfile.TemporaryDirectory(prefix="lenet-memory-") as work:
         sweep = Path(work) / "sweep"
-        lenet_train = str(Path(sys.executable).with_name("lenet-train"))
-        command = [
-            lenet_train,
-            "-m",
-            *JOB,
-            f"seed=range(0,{args.jobs})",
-            f"hydra.sweep.dir={sweep}",
-        ]
+        sweeping = command(
+            "train", "-m", *JOB, f"seed=range(0,{args.jobs})", f"hydra.sweep.dir={sweep}"
+        )
         started = time.perf_counter()
-        running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        running = subprocess.Popen(sweeping, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         process = psutil.Process(running.pid)
         while running.poll() is None:
             try:

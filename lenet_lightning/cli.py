@@ -31,7 +31,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lenet_lightning.config import CONFIG_MODULE, SCHEMAS, compose_config, register, validate
-from lenet_lightning.errors import ConfigError, errors_as_one_line, fail, one_line, worker_rank
+from lenet_lightning.errors import (
+    ConfigError,
+    errors_as_one_line,
+    fail_interrupted,
+    one_line,
+    worker_rank,
+)
 from lenet_lightning.report import pairs, read_job, sweep_jobs, write_sweep_summary
 from lenet_lightning.run_folder import FolderLock, RunFolder, SweepFolder, new_folder
 from lenet_lightning.search import check_jobs, check_study, searching
@@ -153,7 +159,7 @@ def entry_point(
             except KeyboardInterrupt:  # before or between Lightning's own handling of Ctrl-C
                 remove_if_unused()  # Ctrl-C while Hydra was still writing the run's folder
                 summarize_stopped_sweep()
-                fail(f"{prog}: interrupted", 130)
+                fail_interrupted(prog)
             except SystemExit as stop:
                 summarize_stopped_sweep()
                 lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")

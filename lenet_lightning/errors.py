@@ -166,6 +166,12 @@ def fail(line: str, code: int) -> None:
     sys.exit(code)
 
 
+def fail_interrupted(prog: str) -> None:
+    """The one line and the exit code of a command stopped by Ctrl-C (``start.py`` says the
+    same before this module is imported)."""
+    fail(f"{prog}: interrupted", INTERRUPTED)
+
+
 @contextmanager
 def errors_as_one_line(prog: str) -> Iterator[None]:
     """Turn any error into one line on stderr and exit: 2 for a refusal, 1 otherwise."""
@@ -173,7 +179,7 @@ def errors_as_one_line(prog: str) -> Iterator[None]:
         yield
     except Exception as err:
         if during_ctrl_c(err):  # Hydra's config reader, for one, fails in its finally on Ctrl-C
-            fail(f"{prog}: interrupted", INTERRUPTED)
+            fail_interrupted(prog)
         if refused(err):
             fail(f"{prog}: error: {one_line(err)}", 2)
         if os.environ.get("LENET_DEBUG"):
