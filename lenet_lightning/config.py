@@ -110,6 +110,7 @@ class DataConfig(DataFilesConfig):
     augment_degrees: float = fraction(0.0, 180, high_included=True, role=TRAINING)  # +/- degrees
     augment_translate: float = fraction(0.0, 0.5, high_included=True, role=TRAINING)  # shift
     augment_scale: float = fraction(0.0, role=TRAINING)  # zoom in or out by up to this share
+    augment_elastic: float = fraction(0.0, 5, high_included=True, role=TRAINING)  # bend: pixels
 
 
 @dataclass

@@ -29,10 +29,30 @@ def load_mnist(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
     return ds.data, ds.targets
 
 
-def random_affine(images: Tensor, degrees: float, translate: float, scale: float) -> Tensor:
-    """Rotate, shift and zoom each image of a batch at random, all at once on its device. Pixels
-    that come in from outside the image repeat the border (the background)."""
-    n = images.shape[0]
+ELASTIC_SMOOTHING_PX = 4.0  # the displacement field's Gaussian smoothing (Simard et al., 2003)
+
+
+def smooth_displacements(n: int, size: int, std_px: float, device: torch.device) -> Tensor:
+    """``(n, size, size, 2)`` random displacements in pixels, smooth across the image, of
+    ``std_px`` standard deviation at every pixel: white noise on every second pixel blurred by
+    a Gaussian of ``ELASTIC_SMOOTHING_PX`` (Simard et al.'s elastic distortion, with a quarter of
+    the random numbers)."""
+    pixel = torch.arange(size, device=device, dtype=torch.float32)
+    blur = torch.exp(-((pixel[:, None] - pixel[::2]) ** 2) / (2 * ELASTIC_SMOOTHING_PX**2))
+    noise = torch.randn(n * 2, len(pixel[::2]), len(pixel[::2]), device=device)
+    spread = blur.square().sum(1).sqrt()  # each pixel's std for unit noise, along one axis
+    field = blur @ noise @ blur.T * (std_px / (spread[:, None] * spread))
+    return field.view(n, 2, size, size).permute(0, 2, 3, 1)
+
+
+def random_distortion(
+    images: Tensor, degrees: float, translate: float, scale: float, elastic: float = 0.0
+) -> Tensor:
+    """Rotate, shift and zoom each image of a batch at random, then bend it by a smooth random
+    displacement of ``elastic`` pixels (standard deviation; 0: none), all in one resampling on
+    the batch's device. Pixels that come in from outside the image repeat the border (the
+    background)."""
+    n, size = images.shape[0], images.shape[-1]
     rand = lambda: torch.rand(n, device=images.device) * 2 - 1  # noqa: E731 - uniform in [-1, 1]
     angle = torch.deg2rad(rand() * degrees)
     zoom = 1 + rand() * scale
@@ -42,6 +62,8 @@ def random_affine(images: Tensor, degrees: float, translate: float, scale: float
         [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if elastic:
+        grid = grid + smooth_displacements(n, size, elastic, images.device) * (2 / size)
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
@@ -103,11 +125,12 @@ class MNISTDataModule(L.LightningDataModule):
         augment_degrees: float,
         augment_translate: float,
         augment_scale: float,
+        augment_elastic: float,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # kept in checkpoints: evaluation prepares data the same way
         self.data_dir = str(Path(data_dir).expanduser())
-        self.augment = (augment_degrees, augment_translate, augment_scale)
+        self.augment = (augment_degrees, augment_translate, augment_scale, augment_elastic)
         self.train_set: tuple[Tensor, Tensor] | None = None
         self.val_set: tuple[Tensor, Tensor] | None = None
         self.test_set: tuple[Tensor, Tensor] | None = None
@@ -152,7 +175,7 @@ class MNISTDataModule(L.LightningDataModule):
         training = self.trainer and self.trainer.training
         if training and any(self.augment) and isinstance(batch, (tuple, list)):
             images, labels = batch
-            return random_affine(images, *self.augment), labels
+            return random_distortion(images, *self.augment), labels
         return batch
 
     def train_dataloader(self) -> ResidentBatches:

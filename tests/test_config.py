@@ -60,6 +60,10 @@ BAD_INPUTS = [  # override, what the one line must say
         "data.sources=['ftp'] is not allowed: expected a list from ['torchvision', 'pypi']",
     ),
     ("data.augment_translate=0.9", "data.augment_translate=0.9 is not allowed"),
+    (
+        "data.augment_elastic=5.5",
+        "data.augment_elastic=5.5 is not allowed: expected a number from 0",
+    ),
     ("data.augment_degrees=1e39", "data.augment_degrees=1e+39 is not allowed: expected a number"),
     (
         "data.split_seed=18446744073709551616",
