@@ -126,6 +126,7 @@ class ModelConfig:
     batch_norm: bool = setting(False, role=WEIGHTS)
     pool_first: bool = setting(False, role=MODEL)  # pool before each stage's norm and activation
     dropout: float = fraction(0.0, role=MODEL)  # probability, before each fully connected layer
+    eval_shifts: bool = setting(False, role=MODEL)  # evaluate on each image and 4 one-pixel shifts
     lr: float = positive(1e-3, OPTIMISER)
     weight_decay: float = at_least(0.0, 0, OPTIMISER)
     optimizer: str = choice("adam", "adamw", "sgd", role=OPTIMISER, kind_of_state=True)

@@ -7,7 +7,9 @@ in place of each 5x5 one (the same receptive field, one more non-linearity), bat
 more feature maps per convolution stage, and another width for the first fully connected layer;
 and pooling straight after each stage's convolution, before its batch norm and activation, which
 then work on a quarter of the values (with max pooling and ReLU, the same network but for the
-statistics batch norm sees).
+statistics batch norm sees). ``eval_shifts``: in eval mode, the answer for an image is the mean
+of the probabilities for it and its four one-pixel shifts (test-time augmentation), returned
+as log-probabilities; training sees each image once.
 
 Every layer has a name (``features.conv1``, ``classifier.fc1``...), so the weights' names do
 not depend on options that add no weights (dropout, the activation, the pooling). ``ModelConfig``
@@ -17,10 +19,13 @@ in ``config.py`` holds the same defaults, and a test checks that they agree.
 from __future__ import annotations
 
 import inspect
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -42,8 +47,10 @@ class LeNet5(nn.Module):
         batch_norm: bool = False,
         pool_first: bool = False,
         dropout: float = 0.0,
+        eval_shifts: bool = False,
     ) -> None:
         super().__init__()
+        self.eval_shifts = eval_shifts
         act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
 
         def stage(n: int, c_in: int, c_out: int, padding: int) -> dict[str, nn.Module]:
@@ -82,13 +89,26 @@ class LeNet5(nn.Module):
         self.register_load_state_dict_pre_hook(numbered_to_named)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        if self.training or not self.eval_shifts:
+            return self.classifier(self.features(x))
+        views = shifted_by_one_pixel(x)  # (5N, ...): the images, then each of four shifts
+        log_probs = F.log_softmax(self.classifier(self.features(views)), dim=1)
+        return torch.logsumexp(log_probs.unflatten(0, (5, -1)), dim=0) - math.log(5)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LeNet5:
         """The network that a model config (or a checkpoint's hyperparameters) describes."""
         names = inspect.signature(cls).parameters
         return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+def shifted_by_one_pixel(x: Tensor) -> Tensor:
+    """The images of ``x`` ``(N, C, H, W)``, then the same moved one pixel right, left, down and
+    up, ``(5N, C, H, W)``; the edge (MNIST's background) fills the row or column left empty."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    offsets = ((1, 1), (1, 0), (1, 2), (0, 1), (2, 1))  # (row, column) of each view's corner
+    return torch.cat([padded[..., r : r + h, c : c + w] for r, c in offsets])
 
 
 def numbered_to_named(module: LeNet5, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -25,6 +25,7 @@ from lenet_lightning.demo import Reader
 from lenet_lightning.errors import ConfigError
 from lenet_lightning.export import export, metadata, to_onnx
 from lenet_lightning.images import read_image, to_mnist
+from lenet_lightning.model import LeNet5
 from lenet_lightning.networks import FORMAT
 from lenet_lightning.predict import predict
 from tests.conftest import (
@@ -133,6 +134,21 @@ def test_onnx_and_checkpoint_read_every_picture_alike(light_onnx, tmp_path: Path
         digit, probs, _, message = demo.upload(str(p.path))
         assert (int(digit), message) == (p.digit, "")
         assert probs[str(p.digit)] == pytest.approx(p.top[0][1], abs=1e-7)
+
+
+def test_a_network_evaluated_with_shifts_exports_with_them(tmp_path: Path) -> None:
+    settings = asdict(ModelConfig(eval_shifts=True, batch_norm=True, activation="relu"))
+    torch.manual_seed(0)
+    network = LeNet5.from_settings(settings).eval()
+    session = onnxruntime.InferenceSession(
+        to_onnx(network, metadata(settings, True, tmp_path / "none.ckpt"))
+    )
+    x = torch.randn(3, 1, 28, 28)
+    (out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, network(x).numpy(), atol=1e-5)
+        network.eval_shifts = False
+        assert not np.allclose(out, network(x).log_softmax(1).numpy(), atol=1e-3)
 
 
 def test_on_the_onnx_path_torch_is_never_imported(light_onnx, tmp_path: Path) -> None:

@@ -121,6 +121,22 @@ def test_dropout_comes_before_each_fully_connected_layer_and_only_while_training
     torch.testing.assert_close(model(x), plain.eval()(x))
 
 
+def test_evaluating_with_shifts_averages_the_probabilities_of_five_views_only_in_eval() -> None:
+    torch.manual_seed(0)
+    model, plain = lenet5(eval_shifts=True, batch_norm=True), lenet5(batch_norm=True)
+    plain.load_state_dict(model.state_dict())  # no weights of its own
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(model.train()(x), plain.train()(x))  # training: each image once
+    model.eval(), plain.eval()
+    x[..., :, (0, -1)] = x[..., (0, -1), :] = 0.0  # blank edges, as MNIST's are: there a roll
+    views = [x] + [torch.roll(x, step, dim) for dim in (3, 2) for step in (1, -1)]  # is a shift
+    mean = torch.stack([plain(v).softmax(1) for v in views]).mean(0)
+    out = model(x)
+    torch.testing.assert_close(out, mean.log())
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(8))  # log-probabilities
+    assert not torch.allclose(out, plain(x).log_softmax(1), atol=1e-3, rtol=0)  # views count
+
+
 def test_wider_convolution_stages_feed_a_wider_first_fully_connected_layer() -> None:
     model = lenet5(conv_size=3, batch_norm=True, conv1_channels=16, conv2_channels=24)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
