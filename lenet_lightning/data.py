@@ -38,8 +38,9 @@ def smooth_displacements(n: int, size: int, std_px: float, device: torch.device)
     a Gaussian of ``ELASTIC_SMOOTHING_PX`` (Simard et al.'s elastic distortion, with a quarter of
     the random numbers)."""
     pixel = torch.arange(size, device=device, dtype=torch.float32)
-    blur = torch.exp(-((pixel[:, None] - pixel[::2]) ** 2) / (2 * ELASTIC_SMOOTHING_PX**2))
-    noise = torch.randn(n * 2, len(pixel[::2]), len(pixel[::2]), device=device)
+    noisy = pixel[::2]  # the pixels that draw noise
+    blur = torch.exp(-((pixel[:, None] - noisy) ** 2) / (2 * ELASTIC_SMOOTHING_PX**2))
+    noise = torch.randn(n * 2, len(noisy), len(noisy), device=device)
     spread = blur.square().sum(1).sqrt()  # each pixel's std for unit noise, along one axis
     field = blur @ noise @ blur.T * (std_px / (spread[:, None] * spread))
     return field.view(n, 2, size, size).permute(0, 2, 3, 1)
